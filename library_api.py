@@ -1,0 +1,522 @@
+"""library_api: a small library server keeping its catalogue in plain JSON files.
+
+Read top to bottom: settings, the JSON codec, errors, request helpers, routes (books, then the
+service routes), the OpenAPI document, command-line commands, and ``create_app`` last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from flask import Blueprint, Flask, Response, current_app, request, send_from_directory, url_for
+from flask.cli import with_appcontext
+from flask.json.provider import JSONProvider
+from marshmallow import ValidationError
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound, UnsupportedMediaType
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.routing import BaseConverter
+
+import catalogue
+import loader
+from catalogue import BookQuery, CatalogueView, WriterIndex
+from schemas import (
+    BookListSchema,
+    BookQuerySchema,
+    BookSchema,
+    HealthSchema,
+    MessageSchema,
+    ProblemSchema,
+    book_patch_schema,
+    book_query_schema,
+    book_schema,
+)
+from storage import (
+    ConflictError,
+    CorruptFileError,
+    JournalTruncatedError,
+    JsonStore,
+    LockTimeoutError,
+    NotFoundError,
+    PreconditionFailedError,
+    StorageError,
+)
+
+HERE = Path(__file__).resolve().parent
+log = logging.getLogger("library_api")
+
+
+# -- settings ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+
+
+SETTINGS = (
+    Setting("DATA_DIR", "", "Folder of the data files (books.json, journal.jsonl, ...). Empty: Flask's instance folder."),
+    Setting("SEED_FILE", str(HERE / "books.json"), 'Catalogue a new, empty data directory starts with. "" starts empty.'),
+    Setting("LOCK_TIMEOUT", 10.0, "Seconds a write waits for the data directory's lock before answering 503."),
+    Setting("JOURNAL_KEEP", 10000, "Changes the journal keeps for clients catching up; older ones answer 410."),
+)
+"""Every setting: ``LIBRARY_<NAME>`` in the environment (or ``.env``), ``<NAME>`` in app.config."""
+
+MAX_JSON_BYTES = 1024 * 1024
+
+
+# -- JSON --------------------------------------------------------------------------------------------
+
+
+class OrjsonProvider(JSONProvider):
+    """Flask's JSON through orjson: the catalogue's pages are mostly encoding, and orjson is ~5x faster."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        obj = args[0] if len(args) == 1 else (args or kwargs)
+        return current_app.response_class(orjson.dumps(obj), mimetype="application/json")
+
+
+def json_response(body: bytes, status: int = 200, **headers: str) -> Response:
+    return Response(body, status=status, mimetype="application/json", headers=headers)
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+
+def problem(status: int, detail: str, errors: dict[str, Any] | None = None, headers: Any = None) -> Response:
+    """The one builder of error responses: an RFC 9457 problem document."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTP_STATUS_CODES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    response = Response(orjson.dumps(body), status=status, mimetype="application/problem+json")
+    for key, value in headers or ():
+        if key.lower() not in ("content-type", "content-length"):
+            response.headers[key] = value
+    return response
+
+
+DETAILS = {
+    404: lambda: f"Nothing is at {request.path}",
+    405: lambda: f"{request.method} is not allowed on {request.path}",
+    413: lambda: f"The body is larger than the limit of {MAX_JSON_BYTES // 1024} KiB",
+}
+STORAGE_STATUS: dict[type[StorageError], int] = {
+    NotFoundError: 404,
+    ConflictError: 409,
+    PreconditionFailedError: 412,
+    JournalTruncatedError: 410,
+    LockTimeoutError: 503,
+    CorruptFileError: 503,
+}
+
+
+def handle_http_error(exc: HTTPException) -> Response:
+    code = exc.code or 500
+    custom = exc.description if exc.description != type(exc).description else None
+    detail = custom or (DETAILS[code]() if code in DETAILS else HTTP_STATUS_CODES.get(code, "Error"))
+    return problem(code, detail, headers=exc.get_response().headers.items())
+
+
+def handle_validation_error(exc: ValidationError) -> Response:
+    messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+    fields = ", ".join(sorted(messages))
+    return problem(422, f"Some fields are not valid: {fields}", errors=messages)
+
+
+def handle_storage_error(exc: StorageError) -> Response:
+    status = next((code for kind, code in STORAGE_STATUS.items() if isinstance(exc, kind)), 500)
+    if isinstance(exc, CorruptFileError):
+        log.error("%s", exc)
+        return problem(503, f"{exc.path.name}: {exc.reason} (line {exc.line}); writes are refused until it is fixed", headers=[("Retry-After", "60")])
+    headers = [("Retry-After", "1")] if status == 503 else None
+    return problem(status, str(exc), headers=headers)
+
+
+def handle_unexpected_error(exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    return problem(500, "Something went wrong on the server; the error was logged")
+
+
+def register_errors(app: Flask) -> None:
+    app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(ValidationError, handle_validation_error)
+    app.register_error_handler(StorageError, handle_storage_error)
+    app.register_error_handler(Exception, handle_unexpected_error)
+
+
+# -- request helpers ---------------------------------------------------------------------------------
+
+
+class IdConverter(BaseConverter):
+    """A path segment meant as an id: anything that is not a positive integer is id 0, which no
+    record has, so ``/books/abc`` answers ``Book not found`` like any other missing book."""
+
+    regex = r"[^/]+"
+
+    def to_python(self, value: str) -> int:
+        return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else 0
+
+    def to_url(self, value: Any) -> str:
+        return str(value)
+
+
+def store() -> JsonStore:
+    return current_app.extensions["library_store"]
+
+
+def writer_index() -> WriterIndex:
+    return current_app.extensions["library_writer_index"]
+
+
+def view() -> CatalogueView:
+    return CatalogueView.of(store().snapshot())
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object.
+
+    :raises UnsupportedMediaType: when the body is not sent as JSON.
+    :raises BadRequest: when it is not valid JSON.
+    :raises ValidationError: when it is JSON but not an object.
+    """
+    if not request.is_json:
+        raise UnsupportedMediaType("Send the body as application/json")
+    try:
+        value = orjson.loads(request.get_data(cache=False))
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    if not isinstance(value, dict):
+        raise ValidationError({"_schema": ["The body must be a JSON object."]})
+    return value
+
+
+def query_args(schema: BookQuerySchema) -> dict[str, Any]:
+    return schema.load(request.args.to_dict())
+
+
+def conditional(body: bytes, etag: str) -> Response:
+    """A 200 with ``ETag``, or 304 when the client already has this version."""
+    if request.if_none_match.contains(etag.strip('"')):
+        response = Response(status=304)
+    else:
+        response = json_response(body)
+    response.headers["ETag"] = etag
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def book_response(book_id: int, status: int = 200, **headers: str) -> Response:
+    current = view()
+    response = json_response(current.encoded(book_id), status, **headers)
+    response.headers["ETag"] = current.etag(book_id)
+    return response
+
+
+def write_books(updater: Callable[..., Any]) -> Any:
+    """Run a catalogue write in one transaction, with the writer's index up to date."""
+    return catalogue.with_index(store(), writer_index(), updater)
+
+
+def documented(**doc: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Attach what the OpenAPI document says of a view beyond its docstring."""
+
+    def attach(view_fn: Callable[..., Any]) -> Callable[..., Any]:
+        view_fn.openapi = doc  # type: ignore[attr-defined]
+        return view_fn
+
+    return attach
+
+
+# -- routes: books -----------------------------------------------------------------------------------
+
+api = Blueprint("api", __name__)
+
+
+@api.get("/books")
+@documented(query=BookQuerySchema, response=BookListSchema, errors=(422,))
+def list_books() -> Response:
+    """List books: filter, search, sort and paginate."""
+    query = BookQuery(**query_args(book_query_schema))
+    current = view()
+    return conditional(catalogue.list_books(current, query), f'"{current.snap.seq}"')
+
+
+@api.post("/books")
+@documented(body=BookSchema, response=BookSchema, status=201, errors=(400, 409, 415, 422))
+def create_book() -> Response:
+    """Add a book, or update the one with the same ISBN or title, author and year (200)."""
+    data = book_schema.load(json_body())
+    book, outcome = write_books(lambda txn: catalogue.upsert_book(txn, writer_index(), data, catalogue.utcnow()))
+    if outcome == "created":
+        return book_response(book["id"], 201, Location=url_for("api.get_book", book_id=book["id"]))
+    return book_response(book["id"])
+
+
+@api.get("/books/<id:book_id>")
+@documented(response=BookSchema, errors=(404,))
+def get_book(book_id: int) -> Response:
+    """Get one book."""
+    current = view()
+    if book_id not in current.books:
+        raise NotFound("Book not found")
+    return conditional(current.encoded(book_id), current.etag(book_id))
+
+
+@api.put("/books/<id:book_id>")
+@documented(body=BookSchema, response=BookSchema, errors=(400, 404, 409, 412, 415, 422))
+def replace_book(book_id: int) -> Response:
+    """Replace a book: fields left out are cleared."""
+    data = book_schema.load(json_body())
+    write_books(lambda txn: catalogue.replace_book(txn, writer_index(), book_id, data, catalogue.utcnow(), if_match()))
+    return book_response(book_id)
+
+
+@api.patch("/books/<id:book_id>")
+@documented(body=BookSchema, partial=True, response=BookSchema, errors=(400, 404, 409, 412, 415, 422))
+def update_book(book_id: int) -> Response:
+    """Change some fields of a book."""
+    data = book_patch_schema.load(json_body())
+    write_books(lambda txn: catalogue.patch_book(txn, writer_index(), book_id, data, catalogue.utcnow(), if_match()))
+    return book_response(book_id)
+
+
+@api.delete("/books/<id:book_id>")
+@documented(response=MessageSchema, errors=(404, 409, 412))
+def delete_book(book_id: int) -> Response:
+    """Delete a book (not while it is on loan)."""
+    store().update(lambda txn: catalogue.delete_book(txn, book_id, if_match()))
+    return json_response(orjson.dumps({"message": "Book deleted successfully"}))
+
+
+def if_match() -> Any:
+    return request.if_match if "If-Match" in request.headers else None
+
+
+# -- routes: service ---------------------------------------------------------------------------------
+
+
+@api.get("/healthz")
+@documented(response=HealthSchema)
+def healthz() -> Response:
+    """Liveness and the data directory's current sequence number."""
+    current = view()
+    return json_response(orjson.dumps({"status": "ok", "seq": current.snap.seq, "books": len(current.books)}))
+
+
+@api.get("/openapi.json")
+def openapi_document() -> Response:
+    """This API, described from its schemas."""
+    return json_response(openapi_spec(current_app))
+
+
+@api.get("/docs")
+def docs() -> Response:
+    """A page to read the OpenAPI document."""
+    return send_from_directory(HERE / "static", "docs.html")
+
+
+@api.get("/")
+def index() -> Response:
+    """The catalogue page."""
+    return send_from_directory(HERE / "static", "index.html")
+
+
+# -- OpenAPI -----------------------------------------------------------------------------------------
+
+
+def openapi_spec(app: Flask) -> bytes:
+    """The OpenAPI 3 document, generated from the routes and their marshmallow schemas."""
+    cached = app.extensions.get("library_openapi")
+    if cached is not None:
+        return cached
+    from apispec import APISpec
+    from apispec.ext.marshmallow import MarshmallowPlugin
+
+    spec = APISpec("library_api", "1.0.0", "3.0.3", plugins=[MarshmallowPlugin()])
+    spec.components.schema("Problem", schema=ProblemSchema)
+    spec.components.schema("Book", schema=BookSchema)
+    spec.components.schema("BookPatch", schema=book_patch_schema)
+    for rule in app.url_map.iter_rules():
+        view_fn = app.view_functions[rule.endpoint]
+        doc = getattr(view_fn, "openapi", None)
+        if doc is None:
+            continue
+        path = str(rule.rule)
+        params = []
+        for arg in rule.arguments:
+            path = path.replace(f"<id:{arg}>", f"{{{arg}}}")
+            params.append({"in": "path", "name": arg, "required": True, "schema": {"type": "integer", "minimum": 1}})
+        operations = {}
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            operations[method.lower()] = _operation(view_fn, doc, params)
+        spec.path(path=path, operations=operations)
+    app.extensions["library_openapi"] = orjson.dumps(spec.to_dict())
+    return app.extensions["library_openapi"]
+
+
+def _operation(view_fn: Callable[..., Any], doc: dict[str, Any], params: list[dict[str, Any]]) -> dict[str, Any]:
+    status = doc.get("status", 200)
+    response = doc.get("response")
+    content = {"application/json": {"schema": response}} if response else None
+    op: dict[str, Any] = {
+        "summary": (view_fn.__doc__ or "").strip().splitlines()[0],
+        "operationId": view_fn.__name__,
+        "parameters": list(params),
+        "responses": {str(status): {"description": HTTP_STATUS_CODES[status], **({"content": content} if content else {})}},
+    }
+    if status == 201:
+        op["responses"]["200"] = {"description": "Updated an existing book", "content": content}
+    if doc.get("query"):
+        op["parameters"].append({"in": "query", "schema": doc["query"]})
+    if doc.get("body"):
+        body = "BookPatch" if doc.get("partial") else doc["body"]
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    for code in doc.get("errors", ()):
+        op["responses"][str(code)] = {
+            "description": HTTP_STATUS_CODES[code],
+            "content": {"application/problem+json": {"schema": "Problem"}},
+        }
+    return op
+
+
+# -- command-line commands ---------------------------------------------------------------------------
+
+
+@click.command("load-books")
+@with_appcontext
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+def load_books_command(path: Path, dry_run: bool) -> None:
+    """Import books from a JSON or CSV file (upserting by ISBN, then title+author+year)."""
+    try:
+        rows = loader.read_rows(path)
+    except loader.UnreadableFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    report = import_rows(rows, dry_run)
+    for line, reason in report["skipped"]:
+        click.echo(f"line {line}: skipped: {reason}")
+    prefix = "dry run: would have " if dry_run else ""
+    click.echo(
+        f"{prefix}created {report['created']}, updated {report['updated']}, "
+        f"unchanged {report['unchanged']}, skipped {len(report['skipped'])} (of {len(rows)} rows in {path.name})"
+    )
+
+
+class DryRun(Exception):
+    """Raised inside a transaction to throw its changes away."""
+
+
+def import_rows(rows: list[loader.Row], dry_run: bool = False) -> dict[str, Any]:
+    """Validate and upsert ``rows`` in one transaction; returns counts and the skipped rows."""
+    report: dict[str, Any] = {"created": 0, "updated": 0, "unchanged": 0, "skipped": []}
+    now = catalogue.utcnow()
+
+    def run(txn: Any) -> None:
+        for line, fields in rows:
+            try:
+                data = book_schema.load(_import_fields(fields))
+                _, outcome = catalogue.upsert_book(txn, writer_index(), data, now)
+            except ValidationError as exc:
+                report["skipped"].append((line, _reason(exc.messages)))
+                continue
+            except ConflictError as exc:
+                report["skipped"].append((line, str(exc)))
+                continue
+            report[outcome] += 1
+        if dry_run:
+            raise DryRun
+
+    try:
+        write_books(run)
+    except DryRun:
+        pass
+    return report
+
+
+IMPORT_IGNORED = {"id", "status", "due_at", "cover_url", "document_url", "created_at", "updated_at"}
+
+
+def _import_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """A row as the book schema takes it: read-only columns dropped, CSV's empty cells left out,
+    CSV's year text made a number."""
+    if "_row" in fields:
+        raise ValidationError({"_schema": ["A book must be a JSON object."]})
+    data = {k: v for k, v in fields.items() if k not in IMPORT_IGNORED and v != ""}
+    year = data.get("publication_year")
+    if isinstance(year, str) and year.lstrip("-").isdigit():
+        data["publication_year"] = int(year)
+    return data
+
+
+def _reason(messages: Any) -> str:
+    if isinstance(messages, dict):
+        return "; ".join(f"{k}: {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in messages.items())
+    return str(messages)
+
+
+# -- the application ---------------------------------------------------------------------------------
+
+
+def open_store(app: Flask) -> JsonStore:
+    """Open (and on first use fill) the data directory."""
+    data_dir = Path(app.config["DATA_DIR"] or app.instance_path)
+    seed_file = app.config["SEED_FILE"]
+
+    def fill(txn: Any) -> None:
+        if seed_file:
+            rows = loader.read_rows(Path(seed_file))
+            catalogue.seed(txn, [book_schema.load(_import_fields(fields)) for _, fields in rows])
+
+    return JsonStore(
+        data_dir,
+        ("books", "members", "loans"),
+        describe=catalogue.describe,
+        initial=fill,
+        lock_timeout=float(app.config["LOCK_TIMEOUT"]),
+        journal_keep=int(app.config["JOURNAL_KEEP"]),
+    )
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the application: settings, storage, errors, routes, commands."""
+    app = Flask(__name__, instance_relative_config=True, static_folder=str(HERE / "static"))
+    app.config.from_mapping({s.name: s.default for s in SETTINGS})
+    app.config.from_prefixed_env("LIBRARY")
+    if test_config:
+        app.config.update(test_config)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BYTES
+    app.json = OrjsonProvider(app)
+    app.url_map.converters["id"] = IdConverter
+    app.url_map.strict_slashes = False
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    app.extensions["library_store"] = open_store(app)
+    app.extensions["library_writer_index"] = WriterIndex()
+    register_errors(app)
+    app.register_blueprint(api)
+    app.cli.add_command(load_books_command)
+    return app
+
+
+if __name__ == "__main__":  # pragma: no cover - `flask --app library_api run` is the way in
+    create_app().run(port=int(os.environ.get("PORT", "5000")))

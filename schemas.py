@@ -1,0 +1,156 @@
+"""marshmallow schemas: what a request may carry, and the shapes the OpenAPI document describes.
+
+Schemas check shape only. Uniqueness and existence are checked by the catalogue inside the
+store's lock, where the check and the write cannot be separated.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+
+from catalogue import SORT_FIELDS, STATUSES, normalize_isbn
+
+TEXT_MAX = 500
+
+
+class Text(fields.String):
+    """A string, trimmed; an optional one that is empty after trimming is stored as null."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | None:
+        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        if not text and not self.required:
+            return None
+        return text
+
+
+class StrictInteger(fields.Integer):
+    """An integer that refuses booleans and floats (``1999.0`` is not a year)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+class Isbn(fields.String):
+    """An ISBN-10 or ISBN-13, hyphens and spaces allowed, stored as its digits after a checksum check."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | None:
+        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        if not text:
+            return None
+        try:
+            return normalize_isbn(text)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+
+
+def current_year() -> int:
+    return datetime.now(UTC).year
+
+
+class BookSchema(Schema):
+    """A book. Clients write title, author, genre, publisher, publication_year and isbn."""
+
+    class Meta:
+        unknown = RAISE
+        ordered = True
+
+    id = fields.Integer(dump_only=True)
+    title = Text(required=True, validate=validate.Length(min=1, max=TEXT_MAX, error="Must be 1 to {max} characters."))
+    author = Text(required=True, validate=validate.Length(min=1, max=TEXT_MAX, error="Must be 1 to {max} characters."))
+    genre = Text(allow_none=True, validate=validate.Length(max=TEXT_MAX))
+    publisher = Text(allow_none=True, validate=validate.Length(max=TEXT_MAX))
+    publication_year = StrictInteger(allow_none=True, metadata={"description": "Not after the current year."})
+    isbn = Isbn(allow_none=True, metadata={"description": "ISBN-10 or ISBN-13; hyphens and spaces are accepted."})
+    status = fields.String(dump_only=True, metadata={"enum": list(STATUSES)})
+    due_at = fields.DateTime(dump_only=True, allow_none=True)
+    cover_url = fields.String(dump_only=True, allow_none=True)
+    document_url = fields.String(dump_only=True, allow_none=True)
+    created_at = fields.DateTime(dump_only=True)
+    updated_at = fields.DateTime(dump_only=True)
+
+    def load(self, data: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Load, reporting read-only fields (id, status, ...) as such alongside any other error."""
+        read_only = [n for n, f in self.fields.items() if f.dump_only and isinstance(data, dict) and n in data]
+        if not read_only:
+            return super().load(data, **kwargs)
+        errors: dict[str, Any] = {name: ["Read-only field."] for name in read_only}
+        try:
+            super().load({k: v for k, v in data.items() if k not in read_only}, **kwargs)
+        except ValidationError as exc:
+            errors.update(exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages})
+        raise ValidationError(errors)
+
+    @validates("publication_year")
+    def year_not_in_future(self, value: int | None, **kwargs: Any) -> None:
+        limit = current_year()
+        if value is not None and value > limit:
+            raise ValidationError(f"Must not be after {limit}.")
+        if value is not None and value < -5000:
+            raise ValidationError("Must not be before -5000.")
+
+
+class BookListSchema(Schema):
+    """A page of books."""
+
+    books = fields.List(fields.Nested(BookSchema))
+    total = fields.Integer()
+    page = fields.Integer()
+    limit = fields.Integer()
+    pages = fields.Integer()
+
+
+SORT_CHOICES = [f for f in SORT_FIELDS] + [f"-{f}" for f in SORT_FIELDS]
+
+
+class BookQuerySchema(Schema):
+    """The query parameters of ``GET /books``."""
+
+    class Meta:
+        unknown = RAISE
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, error="Must be 1 or more."))
+    limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100, error="Must be between 1 and 100."))
+    sort_by = fields.String(
+        load_default="id",
+        validate=validate.OneOf(SORT_CHOICES, error="Must be one of: {choices}."),
+        metadata={"description": "A field, or -field for descending order."},
+    )
+    genre = fields.String()
+    author = fields.String()
+    publisher = fields.String()
+    publication_year = fields.Integer()
+    status = fields.String(validate=validate.OneOf(STATUSES, error="Must be one of: {choices}."))
+    q = fields.String(metadata={"description": "Words that must all appear in the title, author or ISBN."})
+
+
+class MessageSchema(Schema):
+    message = fields.String()
+
+
+class ProblemSchema(Schema):
+    """An RFC 9457 problem document, the body of every error."""
+
+    type = fields.String()
+    title = fields.String()
+    status = fields.Integer()
+    detail = fields.String()
+    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+
+
+class HealthSchema(Schema):
+    status = fields.String()
+    seq = fields.Integer()
+    books = fields.Integer()
+
+
+book_schema = BookSchema()
+book_patch_schema = BookSchema(partial=True)
+book_query_schema = BookQuerySchema()

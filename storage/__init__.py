@@ -1,0 +1,32 @@
+"""File-backed persistence for library_api: JSON collection files, one lock, one change journal.
+
+Nothing here knows about HTTP or Flask. The application talks to :class:`JsonStore` through the
+interface described in :mod:`storage.base`.
+"""
+
+from storage.base import Change, Snapshot, Store, Txn
+from storage.errors import (
+    ConflictError,
+    CorruptFileError,
+    JournalTruncatedError,
+    LockTimeoutError,
+    NotFoundError,
+    PreconditionFailedError,
+    StorageError,
+)
+from storage.jsonfile import JsonStore
+
+__all__ = [
+    "Change",
+    "ConflictError",
+    "CorruptFileError",
+    "JournalTruncatedError",
+    "JsonStore",
+    "LockTimeoutError",
+    "NotFoundError",
+    "PreconditionFailedError",
+    "Snapshot",
+    "StorageError",
+    "Store",
+    "Txn",
+]

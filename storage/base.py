@@ -1,0 +1,212 @@
+"""The storage interface: collections of JSON records with integer ids, changed in transactions.
+
+A *store* holds a fixed set of named collections. Readers take a :class:`Snapshot`, an immutable,
+consistent view of every collection at one journal sequence number (``seq``). Writers call
+:meth:`Store.update` with a function that receives a :class:`Txn`; whatever that function changes is
+committed atomically (all of it or none of it), durably, and under the store's lock, so the check a
+writer makes and the write that follows it cannot be separated by another writer.
+
+Every committed change gets a sequence number that only grows, and may carry a public *event* (what
+the live feed publishes). :meth:`Store.events_since` replays those events.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from storage.errors import NotFoundError
+
+Record = dict[str, Any]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One record changed by a transaction: ``after`` is None for a delete, ``before`` for a create."""
+
+    collection: str
+    id: int
+    before: Record | None
+    after: Record | None
+
+
+class Table:
+    """One collection at one moment: records by id (in id order), the next id to hand out, and the
+    ``seq`` of the last change written to it. Tables are never changed after they are published."""
+
+    __slots__ = ("name", "records", "next_id", "seq", "fragments")
+
+    def __init__(
+        self,
+        name: str,
+        records: dict[int, Record],
+        next_id: int,
+        seq: int,
+        fragments: dict[int, bytes] | None = None,
+    ) -> None:
+        self.name = name
+        self.records = records
+        self.next_id = next_id
+        self.seq = seq
+        # Serialized form of each record, kept so that a write re-encodes only what changed.
+        self.fragments: dict[int, bytes] = fragments if fragments is not None else {}
+
+
+class Snapshot:
+    """A consistent, read-only view of every collection at sequence number ``seq``.
+
+    The records handed out must be treated as read-only: they are shared with every other reader.
+    ``derived`` is a scratch mapping where callers may cache values computed from this snapshot.
+    """
+
+    __slots__ = ("seq", "tables", "derived", "__weakref__")
+
+    def __init__(self, seq: int, tables: Mapping[str, Table]) -> None:
+        self.seq = seq
+        self.tables = tables
+        self.derived: dict[Any, Any] = {}
+
+    def records(self, collection: str) -> Mapping[int, Record]:
+        """All records of ``collection`` by id, in ascending id order (read-only)."""
+        return MappingProxyType(self.tables[collection].records)
+
+    def get(self, collection: str, record_id: int) -> Record | None:
+        """The record with ``record_id``, or None."""
+        return self.tables[collection].records.get(record_id)
+
+    def count(self, collection: str) -> int:
+        """How many records ``collection`` holds."""
+        return len(self.tables[collection].records)
+
+
+class Txn:
+    """The working view handed to an updater: reads see the transaction's own changes.
+
+    Records passed to :meth:`put` and :meth:`insert` are stored as given; do not change them later.
+    """
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self._changes: dict[tuple[str, int], Record | None] = {}
+        self._next_ids: dict[str, int] = {}
+
+    def get(self, collection: str, record_id: int) -> Record | None:
+        """The current record with ``record_id`` (including this transaction's changes), or None."""
+        key = (collection, record_id)
+        if key in self._changes:
+            return self._changes[key]
+        return self.snapshot.get(collection, record_id)
+
+    def get_or_fail(self, collection: str, record_id: int, message: str) -> Record:
+        """Like :meth:`get`.
+
+        :raises NotFoundError: with ``message`` when there is no such record.
+        """
+        record = self.get(collection, record_id)
+        if record is None:
+            raise NotFoundError(message)
+        return record
+
+    def items(self, collection: str) -> Iterator[tuple[int, Record]]:
+        """Every current record of ``collection`` with its id: the snapshot's, then this txn's new ones."""
+        changed = {rid: rec for (col, rid), rec in self._changes.items() if col == collection}
+        for rid, rec in self.snapshot.tables[collection].records.items():
+            if rid in changed:
+                rec = changed.pop(rid)
+                if rec is None:
+                    continue
+            yield rid, rec
+        for rid, rec in changed.items():
+            if rec is not None:
+                yield rid, rec
+
+    def insert(self, collection: str, record: Record) -> Record:
+        """Store ``record`` under a new id (never used before in this collection) and return it."""
+        table = self.snapshot.tables[collection]
+        new_id = self._next_ids.get(collection, table.next_id)
+        self._next_ids[collection] = new_id + 1
+        stored = {"id": new_id, **{k: v for k, v in record.items() if k != "id"}}
+        self._changes[(collection, new_id)] = stored
+        return stored
+
+    def put(self, collection: str, record: Record) -> Record:
+        """Store ``record`` (which carries its existing ``id``), replacing the record with that id."""
+        record_id = record["id"]
+        if self.get(collection, record_id) is None:
+            raise NotFoundError(f"No record {record_id} in {collection}")
+        self._changes[(collection, record_id)] = record
+        return record
+
+    def delete(self, collection: str, record_id: int) -> Record:
+        """Remove the record with ``record_id`` and return what it was.
+
+        :raises NotFoundError: when there is no such record.
+        """
+        record = self.get_or_fail(collection, record_id, f"No record {record_id} in {collection}")
+        self._changes[(collection, record_id)] = None
+        return record
+
+    def changes(self) -> list[Change]:
+        """What this transaction changes, one entry per record, in the order first touched."""
+        result = []
+        for (collection, record_id), after in self._changes.items():
+            before = self.snapshot.get(collection, record_id)
+            if before is after or (before is None and after is None):
+                continue
+            if before is not None and after is not None and before == after:
+                continue
+            result.append(Change(collection, record_id, before, after))
+        return result
+
+    def next_id(self, collection: str) -> int:
+        """The id the next :meth:`insert` into ``collection`` would get."""
+        return self._next_ids.get(collection, self.snapshot.tables[collection].next_id)
+
+
+Describe = Callable[[list[Change], Snapshot], list[dict[str, Any] | None]]
+"""Turns a transaction's changes into the public events (or None) published for each of them,
+given the snapshot after the transaction."""
+
+
+class Store(abc.ABC):
+    """A set of named collections kept durably, with a journal of every committed change."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> Snapshot:
+        """The current state, re-validated against what other processes (or a person) wrote.
+
+        :raises CorruptFileError: when a data file changed into something that cannot be read and no
+            earlier state of it is known to this process.
+        """
+
+    @abc.abstractmethod
+    def update(self, updater: Callable[[Txn], T]) -> T:
+        """Run ``updater`` on a fresh view under the store's lock and commit what it changed.
+
+        The commit is all-or-nothing and durable (fsync'd) before this returns. If ``updater``
+        raises, nothing is written and the exception propagates.
+
+        :param updater: receives a :class:`Txn`; its return value is returned.
+        :raises LockTimeoutError: when the lock could not be taken in time.
+        :raises CorruptFileError: when a data file cannot be read; nothing is written.
+        """
+
+    @abc.abstractmethod
+    def events_since(self, since: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """Public events with ``seq`` greater than ``since``, oldest first, at most ``limit``.
+
+        :returns: the events and the ``seq`` to ask from next time.
+        :raises JournalTruncatedError: when the journal no longer reaches back to ``since``.
+        """
+
+    @abc.abstractmethod
+    def changes_between(self, since: int, until: int) -> list[tuple[int, Change]] | None:
+        """The record changes with ``since < seq <= until`` known to this process, or None when
+        they are not all known (the caller must then recompute from a snapshot)."""
+
+    def close(self) -> None:
+        """Release what the store holds open."""
