@@ -1,0 +1,16 @@
+-- A GET whose page number changes on every request (cycling 1..40), so no single cached answer
+-- decides the figure. Args: run number, path (with or without a query string).
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
+
+local PAGES = 40
+local path, page
+
+function init(args)
+   path = args[2] .. (args[2]:find("?", 1, true) and "&" or "?") .. "page="
+   page = (thread_id * PAGES / 2) % PAGES
+end
+
+function request()
+   page = page % PAGES + 1
+   return wrk.format("GET", path .. page)
+end

@@ -1,0 +1,12 @@
+-- The same GET on every request. Args: run number, path (with its query string).
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
+
+local req
+
+function init(args)
+   req = wrk.format("GET", args[2])
+end
+
+function request()
+   return req
+end

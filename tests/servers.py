@@ -1,0 +1,80 @@
+"""Running the real server for tests: gunicorn as the Procfile starts it."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def get_json(port: int, path: str) -> tuple[int, object]:
+    """One GET on its own connection: status and parsed body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Poll /healthz until it answers 200; fail if the server exits or the time is up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.05)  # readiness polling, not a timing assumption
+    raise RuntimeError("the server did not become healthy in time")
+
+
+@contextlib.contextmanager
+def gunicorn_server(data_dir: Path, workers: int = 2, **env: str) -> Iterator[int]:
+    """Run gunicorn with the project's config on a free port; yields the port."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "LIBRARY_DATA_DIR": str(data_dir),
+        "LIBRARY_SEED_FILE": "",
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "WEB_CONCURRENCY": str(workers),
+        **env,
+    }
+    command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "library_api:create_app()"]
+    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until_healthy(port, process)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stderr.close()

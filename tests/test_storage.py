@@ -1,0 +1,277 @@
+"""The storage contract: ids, atomic transactions, the journal, other writers, hand edits, recovery."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+from storage import CorruptFileError, JournalTruncatedError, JsonStore, NotFoundError
+
+COLLECTIONS = ("books", "members")
+
+
+def describe(changes, after):
+    """Events like the catalogue's: one per book change."""
+    events = []
+    for c in changes:
+        if c.collection != "books":
+            events.append(None)
+        else:
+            action = "created" if c.before is None else "deleted" if c.after is None else "updated"
+            events.append({"action": action, "book": c.after or c.before})
+    return events
+
+
+def open_store(path: Path, **kwargs) -> JsonStore:
+    return JsonStore(path, COLLECTIONS, describe=describe, **kwargs)
+
+
+def add(store: JsonStore, title: str) -> dict:
+    return store.update(lambda txn: txn.insert("books", {"title": title}))
+
+
+def titles(store: JsonStore) -> list[str]:
+    return [b["title"] for b in store.snapshot().records("books").values()]
+
+
+def test_new_directory_is_created_with_journal_and_lock(tmp_path):
+    store = open_store(tmp_path / "d")
+    assert store.seq == 0
+    assert (tmp_path / "d" / "journal.jsonl").exists()
+    assert (tmp_path / "d" / "library.lock").exists()
+
+
+def test_initial_runs_only_for_a_new_directory(tmp_path):
+    fill = lambda txn: txn.insert("books", {"title": "seed"})  # noqa: E731
+    open_store(tmp_path, initial=fill)
+    store = open_store(tmp_path, initial=fill)
+    assert titles(store) == ["seed"]
+
+
+def test_ids_grow_and_are_never_reused(tmp_path):
+    store = open_store(tmp_path)
+    first, second = add(store, "a"), add(store, "b")
+    assert (first["id"], second["id"]) == (1, 2)
+    store.update(lambda txn: txn.delete("books", 2))
+    assert add(store, "c")["id"] == 3
+    store.update(lambda txn: txn.delete("books", 3))
+    assert add(open_store(tmp_path), "d")["id"] == 4
+
+
+def test_a_failing_updater_writes_nothing(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "kept")
+    before = (tmp_path / "books.json").read_bytes(), (tmp_path / "journal.jsonl").read_bytes()
+
+    def fail(txn):
+        txn.insert("books", {"title": "lost"})
+        raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError):
+        store.update(fail)
+    assert titles(store) == ["kept"]
+    assert ((tmp_path / "books.json").read_bytes(), (tmp_path / "journal.jsonl").read_bytes()) == before
+
+
+def test_an_unchanged_record_is_not_a_change(tmp_path):
+    store = open_store(tmp_path)
+    book = add(store, "same")
+    seq = store.seq
+    store.update(lambda txn: txn.put("books", dict(book)))
+    assert store.seq == seq
+
+
+def test_files_are_plain_json_with_one_record_per_line(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    add(store, "b")
+    text = (tmp_path / "books.json").read_text()
+    doc = orjson.loads(text)
+    assert doc["books"] == [{"id": 1, "title": "a"}, {"id": 2, "title": "b"}]
+    assert doc["next_id"] == 3
+    assert text.count("\n") == 4
+
+
+def test_every_change_gets_a_growing_seq_and_an_event(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    store.update(lambda txn: txn.insert("members", {"email": "m@example.org"}))
+    add(store, "b")
+    store.update(lambda txn: txn.delete("books", 1))
+    events, last = store.events_since(0, 100)
+    assert [(e["action"], e["book"]["title"]) for e in events] == [("created", "a"), ("created", "b"), ("deleted", "a")]
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert last == store.seq == 4
+    assert store.events_since(seqs[0], 1) == ([events[1]], seqs[1])
+    assert store.events_since(last, 10) == ([], last)
+
+
+def test_a_since_the_journal_cannot_answer_is_refused(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    with pytest.raises(JournalTruncatedError):
+        store.events_since(store.seq + 5, 10)
+
+
+def test_another_store_on_the_same_directory_sees_each_write(tmp_path):
+    a, b = open_store(tmp_path), open_store(tmp_path)
+    add(a, "from a")
+    assert titles(b) == ["from a"]
+    add(b, "from b")
+    assert titles(a) == ["from a", "from b"]
+    assert [e["book"]["title"] for e in a.events_since(0, 10)[0]] == ["from a", "from b"]
+    assert a.events_since(0, 10) == b.events_since(0, 10)
+
+
+def test_another_writer_is_followed_through_the_journal_not_a_reparse(tmp_path):
+    a, b = open_store(tmp_path), open_store(tmp_path)
+    for i in range(5):
+        add(a, f"book {i}")
+    b.snapshot()
+    add(a, "one more")
+    changes = b.changes_between(b.snapshot().seq - 1, b.snapshot().seq)
+    assert changes is not None and [c.after["title"] for _, c in changes] == ["one more"]
+
+
+def test_a_hand_edit_is_seen_on_the_next_read_and_published(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "typo")
+    add(store, "other")
+    path = tmp_path / "books.json"
+    path.write_text(path.read_text().replace('"typo"', '"fixed"'))
+    assert titles(store) == ["fixed", "other"]
+    events, _ = store.events_since(2, 10)
+    assert [(e["action"], e["book"]["title"]) for e in events] == [("updated", "fixed")]
+    assert titles(open_store(tmp_path)) == ["fixed", "other"]
+
+
+def test_a_hand_edit_that_adds_and_removes_records(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "gone")
+    path = tmp_path / "books.json"
+    path.write_text('[{"id": 7, "title": "typed in"}]')
+    assert titles(store) == ["typed in"]
+    assert add(store, "next")["id"] == 8
+    events, _ = store.events_since(1, 10)
+    assert {(e["action"], e["book"]["title"]) for e in events} >= {("created", "typed in"), ("deleted", "gone")}
+
+
+def test_a_file_edited_while_stopped_restarts_the_journal(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    seq = store.seq
+    path = tmp_path / "books.json"
+    path.write_text(path.read_text().replace('"a"', '"b"'))
+    reopened = open_store(tmp_path)
+    assert titles(reopened) == ["b"]
+    assert reopened.seq > seq
+    assert titles(store) == ["b"] and store.seq == reopened.seq
+    with pytest.raises(JournalTruncatedError):
+        reopened.events_since(0, 10)
+
+
+def test_corrupt_file_at_start_is_refused_and_left_untouched(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    path = tmp_path / "books.json"
+    broken = b'{"seq": 1, "next_id": 2, "books": [\n{"id":1,"title":"a"},\n{"id":2,"title": oops}\n]}\n'
+    path.write_bytes(broken)
+    with pytest.raises(CorruptFileError) as caught:
+        open_store(tmp_path)
+    assert caught.value.path == path and caught.value.line == 3
+    assert "books.json" in str(caught.value) and "line 3" in str(caught.value)
+    assert path.read_bytes() == broken
+
+
+def test_a_record_without_an_id_is_named_by_its_line(tmp_path):
+    (tmp_path / "books.json").write_text('{"books": [\n  {"id": 1, "title": "a"},\n  {"title": "b"}\n]}')
+    with pytest.raises(CorruptFileError) as caught:
+        open_store(tmp_path)
+    assert caught.value.line == 3
+
+
+def test_corrupt_file_while_running_refuses_writes_and_keeps_serving(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    path = tmp_path / "books.json"
+    good = path.read_bytes()
+    path.write_bytes(good.replace(b'"a"', b"a"))
+    assert titles(store) == ["a"]
+    with pytest.raises(CorruptFileError):
+        add(store, "b")
+    assert path.read_bytes() == good.replace(b'"a"', b"a")
+    path.write_bytes(good.replace(b'"a"', b'"A"'))
+    add(store, "b")
+    assert titles(store) == ["A", "b"]
+
+
+def test_orphan_temporary_files_are_removed_at_start(tmp_path):
+    open_store(tmp_path)
+    orphan = tmp_path / ".books.json.12345.tmp"
+    orphan.write_text("half a file")
+    open_store(tmp_path)
+    assert not orphan.exists()
+
+
+def test_a_write_committed_but_not_renamed_is_redone_at_start(tmp_path):
+    """The state a crash between the journal's commit and the rename leaves behind."""
+    store = open_store(tmp_path)
+    add(store, "a")
+    path = tmp_path / "books.json"
+    before = path.read_bytes()
+    add(store, "b")
+    path.write_bytes(before)  # as if the rename never happened
+    assert titles(open_store(tmp_path)) == ["a", "b"]
+    assert orjson.loads(path.read_bytes())["books"][1]["title"] == "b"
+
+
+def test_a_torn_journal_tail_is_cut_off(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    journal = tmp_path / "journal.jsonl"
+    with open(journal, "ab") as fh:
+        fh.write(b'{"seq": 99, "op": "put", "collection": "books", "id": 5, "rec')
+    reopened = open_store(tmp_path)
+    assert titles(reopened) == ["a"]
+    add(reopened, "b")
+    assert titles(open_store(tmp_path)) == ["a", "b"]
+
+
+def test_uncommitted_journal_lines_are_ignored(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    line = {"seq": 2, "op": "put", "collection": "books", "id": 2, "record": {"id": 2, "title": "ghost"}}
+    with open(tmp_path / "journal.jsonl", "ab") as fh:
+        fh.write(orjson.dumps(line) + b"\n")
+    assert titles(store) == ["a"]
+    assert titles(open_store(tmp_path)) == ["a"]
+
+
+def test_the_journal_is_compacted_and_followers_keep_up(tmp_path):
+    a = open_store(tmp_path, journal_keep=5)
+    b = open_store(tmp_path, journal_keep=5)
+    for i in range(30):
+        add(a if i % 3 else b, f"book {i}")
+    lines = (tmp_path / "journal.jsonl").read_bytes().count(b"\n")
+    assert lines < 40
+    assert titles(a) == titles(b) == [f"book {i}" for i in range(30)]
+    with pytest.raises(JournalTruncatedError):
+        a.events_since(0, 100)
+    recent, _ = b.events_since(b.seq - 3, 100)
+    assert [e["book"]["title"] for e in recent] == ["book 27", "book 28", "book 29"]
+
+
+def test_a_missing_record_is_not_found(tmp_path):
+    store = open_store(tmp_path)
+    with pytest.raises(NotFoundError):
+        store.update(lambda txn: txn.delete("books", 42))
+
+
+def test_files_are_private_to_the_owner(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    assert os.stat(tmp_path / "books.json").st_mode & 0o077 == 0
