@@ -26,6 +26,7 @@ from werkzeug.routing import BaseConverter
 
 import catalogue
 import loader
+import readcache
 from catalogue import BookQuery, CatalogueView, WriterIndex
 from schemas import (
     BookListSchema,
@@ -68,6 +69,7 @@ SETTINGS = (
     Setting("SEED_FILE", str(HERE / "books.json"), 'Catalogue a new, empty data directory starts with. "" starts empty.'),
     Setting("LOCK_TIMEOUT", 10.0, "Seconds a write waits for the data directory's lock before answering 503."),
     Setting("JOURNAL_KEEP", 10000, "Changes the journal keeps for clients catching up; older ones answer 410."),
+    Setting("READ_CACHE_MB", 32, "Memory per worker for repeated catalogue pages (served without Flask); 0 turns it off."),
 )
 """Every setting: ``LIBRARY_<NAME>`` in the environment (or ``.env``), ``<NAME>`` in app.config."""
 
@@ -258,6 +260,7 @@ def list_books() -> Response:
     """List books: filter, search, sort and paginate."""
     query = BookQuery(**query_args(book_query_schema))
     current = view()
+    request.environ[readcache.ENVIRON_KEY] = current.snap.seq
     return conditional(catalogue.list_books(current, query), f'"{current.snap.seq}"')
 
 
@@ -279,6 +282,7 @@ def get_book(book_id: int) -> Response:
     current = view()
     if book_id not in current.books:
         raise NotFound("Book not found")
+    request.environ[readcache.ENVIRON_KEY] = current.snap.seq
     return conditional(current.encoded(book_id), current.etag(book_id))
 
 
@@ -514,6 +518,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["library_writer_index"] = WriterIndex()
     register_errors(app)
     app.register_blueprint(api)
+    library_store = app.extensions["library_store"]
+    app.wsgi_app = readcache.ReadCache(  # type: ignore[method-assign]
+        app.wsgi_app,
+        lambda: library_store.snapshot().seq,
+        max_entries=10_000,
+        max_bytes=int(float(app.config["READ_CACHE_MB"]) * 1024 * 1024),
+    )
     app.cli.add_command(load_books_command)
     return app
 

@@ -1,0 +1,59 @@
+"""The read cache never serves a page older than the data: not after a write by this worker, another
+worker, or a person editing books.json."""
+
+from __future__ import annotations
+
+import pytest
+
+from library_api import create_app
+from tests.conftest import BOOK
+
+
+@pytest.fixture
+def two_workers(data_dir):
+    """Two apps on one data directory, as two gunicorn workers are."""
+    config = {"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": ""}
+    return create_app(config).test_client(), create_app(config).test_client()
+
+
+def titles(client, path="/books"):
+    return [b["title"] for b in client.get(path).get_json()["books"]]
+
+
+def test_a_repeated_page_is_the_same_answer(client, book):
+    first, second = client.get("/books"), client.get("/books")
+    assert first.get_data() == second.get_data()
+    assert first.headers["ETag"] == second.headers["ETag"]
+
+
+def test_a_write_by_another_worker_is_seen_on_the_next_request(two_workers):
+    a, b = two_workers
+    assert titles(a) == []
+    assert titles(a) == []  # now cached in a
+    assert b.post("/books", json=BOOK).status_code == 201
+    assert titles(a) == [BOOK["title"]]
+    book_id = a.get("/books").get_json()["books"][0]["id"]
+    assert a.get(f"/books/{book_id}").get_json()["genre"] == "Computing"
+    assert b.patch(f"/books/{book_id}", json={"genre": "Craft"}).status_code == 200
+    assert a.get(f"/books/{book_id}").get_json()["genre"] == "Craft"
+
+
+def test_a_hand_edit_is_seen_on_the_next_request(client, book, data_dir):
+    assert titles(client) == [BOOK["title"]]
+    path = data_dir / "books.json"
+    path.write_text(path.read_text().replace("The Pragmatic Programmer", "The Pragmatic Programmer, 2nd ed."))
+    assert titles(client) == ["The Pragmatic Programmer, 2nd ed."]
+    assert client.get(f"/books/{book['id']}").get_json()["title"] == "The Pragmatic Programmer, 2nd ed."
+
+
+def test_if_none_match_on_a_kept_page_is_304(client, book):
+    etag = client.get("/books").headers["ETag"]
+    cached = client.get("/books", headers={"If-None-Match": etag})
+    assert cached.status_code == 304 and cached.get_data() == b""
+    assert cached.headers["ETag"] == etag
+
+
+def test_the_cache_can_be_turned_off(data_dir):
+    client = create_app({"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "READ_CACHE_MB": 0}).test_client()
+    client.post("/books", json=BOOK)
+    assert titles(client) == [BOOK["title"]]
