@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from conftest import BOOK, assert_problem
+from tests.conftest import BOOK, assert_problem
 
 ISBN10 = "020161622X"
 ISBN13 = "9780201616224"  # the ISBN-13 form of ISBN10
@@ -134,7 +134,12 @@ def test_post_same_isbn_other_author_is_409(client, book):
 def test_post_same_title_author_year_updates_and_takes_the_new_isbn(client, book):
     response = client.post(
         "/books",
-        json={"title": BOOK["title"].upper(), "author": BOOK["author"].lower(), "publication_year": 1999, "isbn": make_isbn(1)},
+        json={
+            "title": BOOK["title"].upper(),
+            "author": BOOK["author"].lower(),
+            "publication_year": 1999,
+            "isbn": make_isbn(1),
+        },
     )
     assert response.status_code == 200
     body = response.get_json()
@@ -159,7 +164,8 @@ def test_post_without_isbn_or_title_author_year_match_creates(client, book, chan
 def test_post_isbn_naming_one_book_and_title_author_year_another_is_409(client):
     first = add(client, title="First", author="Ann", publication_year=2001, isbn=make_isbn(3))
     second = add(client, title="Second", author="Ann", publication_year=2002, isbn=make_isbn(4))
-    response = client.post("/books", json={"title": "Second", "author": "Ann", "publication_year": 2002, "isbn": make_isbn(3)})
+    data = {"title": "Second", "author": "Ann", "publication_year": 2002, "isbn": make_isbn(3)}
+    response = client.post("/books", json=data)
     assert_problem(response, 409)
     assert client.get(f"/books/{first['id']}").get_json() == first
     assert client.get(f"/books/{second['id']}").get_json() == second
@@ -249,7 +255,8 @@ def test_patch_to_own_isbn13_form_is_not_a_conflict(client, book):
 @pytest.mark.parametrize("isbn", [ISBN10, ISBN13, "0-201-61622-X"])
 def test_put_or_patch_to_the_isbn_of_another_book_is_409(client, book, method, isbn):
     other = add(client, title="Other", author="Someone", isbn=make_isbn(5))
-    response = getattr(client, method)(f"/books/{other['id']}", json={"title": "Other", "author": "Someone", "isbn": isbn})
+    data = {"title": "Other", "author": "Someone", "isbn": isbn}
+    response = getattr(client, method)(f"/books/{other['id']}", json=data)
     assert_problem(response, 409)
     assert client.get(f"/books/{other['id']}").get_json() == other
 
@@ -329,7 +336,13 @@ def test_unknown_field_is_422_naming_it(client, book, method):
 
 @pytest.mark.parametrize(
     "extra",
-    [{"status": "checked_out"}, {"id": 7}, {"due_at": None}, {"created_at": "2020-01-01T00:00:00Z"}, {"cover_url": "x"}],
+    [
+        {"status": "checked_out"},
+        {"id": 7},
+        {"due_at": None},
+        {"created_at": "2020-01-01T00:00:00Z"},
+        {"cover_url": "x"},
+    ],
 )
 @pytest.mark.parametrize("method", ["post", "put", "patch"])
 def test_read_only_field_in_body_is_422(client, book, method, extra):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from tests.conftest import ROOT
 
 DUNE = {
     "title": "Dune", "author": "Frank Herbert", "genre": "Science Fiction", "publisher": "Chilton",
@@ -18,6 +18,7 @@ HOBBIT = {
     "title": "The Hobbit", "author": "J. R. R. Tolkien", "genre": "Fantasy", "publisher": "Allen & Unwin",
     "publication_year": 1937, "isbn": "9780547928227",
 }  # fmt: skip
+PNG_BYTES = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
 CSV_HEADER = "title,author,genre,publisher,publication_year,isbn"
 
 
@@ -142,7 +143,8 @@ def test_skipped_csv_rows_are_reported_with_line_and_reason(runner, client, tmp_
 
 
 def test_skipped_json_rows_are_reported_with_their_file_line(runner, client, tmp_path):
-    text = "[\n" + json.dumps(DUNE) + ",\n" + json.dumps({**HOBBIT, "isbn": "123"}) + ",\n" + json.dumps({"author": "X"}) + "\n]\n"
+    items = [DUNE, {**HOBBIT, "isbn": "123"}, {"author": "X"}]  # on lines 2, 3 and 4
+    text = "[\n" + ",\n".join(json.dumps(item) for item in items) + "\n]\n"
     result = load(runner, write(tmp_path, "books.json", text))
     assert result.exit_code == 0, result.output
     assert counts(result.output) == {"created": 1, "updated": 0, "unchanged": 0, "skipped": 2}
@@ -203,7 +205,7 @@ def test_missing_file_exits_non_zero(runner, client, tmp_path):
         ("books.json", b'{"volumes": []}'),
         ("books.json", b"42"),
         ("books.txt", b"[1, 2"),
-        ("cover.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"),
+        ("cover.png", PNG_BYTES),
     ],
     ids=["truncated-json", "text-as-json", "object-without-books", "scalar", "broken-json-any-name", "binary"],
 )

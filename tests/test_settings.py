@@ -16,7 +16,7 @@ def test_each_setting_is_in_the_readme_and_env_example(setting):
 
 def test_settings_come_from_library_environment_variables(monkeypatch, tmp_path):
     monkeypatch.setenv("LIBRARY_DATA_DIR", str(tmp_path / "from-env"))
-    monkeypatch.setenv("LIBRARY_SEED_FILE", '""')
+    monkeypatch.setenv("LIBRARY_SEED_FILE", "")
     app = create_app()
     assert app.config["DATA_DIR"] == str(tmp_path / "from-env")
     assert (tmp_path / "from-env" / "journal.jsonl").exists()
