@@ -101,9 +101,7 @@ class CatalogueView:
         """Open loans by book id."""
         if self._open_loans is None:
             loans = self.snap.tables["loans"].records
-            self._open_loans = {
-                loan["book_id"]: loan for loan in loans.values() if loan.get("returned_at") is None
-            }
+            self._open_loans = {loan["book_id"]: loan for loan in loans.values() if loan.get("returned_at") is None}
         return self._open_loans
 
     def status(self, book_id: int) -> tuple[str, str | None]:
@@ -345,9 +343,7 @@ def upsert_book(txn: Txn, index: WriterIndex, data: dict[str, Any], now: str) ->
         if fold(target["author"]) != fold(data["author"]):
             raise ConflictError("ISBN already exists")
         if by_tay is not None and by_tay != by_isbn:
-            raise ConflictError(
-                f"The ISBN belongs to book {by_isbn} but title, author and year match book {by_tay}"
-            )
+            raise ConflictError(f"The ISBN belongs to book {by_isbn} but title, author and year match book {by_tay}")
     elif by_tay is not None:
         target = txn.get_or_fail("books", by_tay, "Book not found")
     else:
@@ -357,13 +353,17 @@ def upsert_book(txn: Txn, index: WriterIndex, data: dict[str, Any], now: str) ->
     return _change_book(txn, index, target, {**target, **data}, now)
 
 
-def replace_book(txn: Txn, index: WriterIndex, book_id: int, data: dict[str, Any], now: str, if_match: Any) -> dict[str, Any]:
+def replace_book(
+    txn: Txn, index: WriterIndex, book_id: int, data: dict[str, Any], now: str, if_match: Any
+) -> dict[str, Any]:
     """``PUT``: every writable field from ``data``, the ones left out cleared."""
     current = _current(txn, book_id, if_match)
     return _checked_change(txn, index, current, {**current, **dict.fromkeys(BOOK_FIELDS), **data}, now)
 
 
-def patch_book(txn: Txn, index: WriterIndex, book_id: int, data: dict[str, Any], now: str, if_match: Any) -> dict[str, Any]:
+def patch_book(
+    txn: Txn, index: WriterIndex, book_id: int, data: dict[str, Any], now: str, if_match: Any
+) -> dict[str, Any]:
     """``PATCH``: only the fields given."""
     current = _current(txn, book_id, if_match)
     return _checked_change(txn, index, current, {**current, **data}, now)
@@ -371,7 +371,7 @@ def patch_book(txn: Txn, index: WriterIndex, book_id: int, data: dict[str, Any],
 
 def delete_book(txn: Txn, book_id: int, if_match: Any) -> dict[str, Any]:
     """``DELETE``; refused while the book is on loan."""
-    current = _current(txn, book_id, if_match)
+    _current(txn, book_id, if_match)
     if book_id in CatalogueView.of(txn.snapshot).open_loans:
         raise ConflictError("The book is on loan; it can be deleted once it is returned")
     return txn.delete("books", book_id)
@@ -386,7 +386,9 @@ def _current(txn: Txn, book_id: int, if_match: Any) -> dict[str, Any]:
     return current
 
 
-def _checked_change(txn: Txn, index: WriterIndex, current: dict[str, Any], new: dict[str, Any], now: str) -> dict[str, Any]:
+def _checked_change(
+    txn: Txn, index: WriterIndex, current: dict[str, Any], new: dict[str, Any], now: str
+) -> dict[str, Any]:
     if new.get("isbn"):
         owner = index.find_isbn(new["isbn"])
         if owner is not None and owner != current["id"]:
@@ -394,7 +396,9 @@ def _checked_change(txn: Txn, index: WriterIndex, current: dict[str, Any], new: 
     return _change_book(txn, index, current, new, now)[0]
 
 
-def _change_book(txn: Txn, index: WriterIndex, current: dict[str, Any], new: dict[str, Any], now: str) -> tuple[dict[str, Any], str]:
+def _change_book(
+    txn: Txn, index: WriterIndex, current: dict[str, Any], new: dict[str, Any], now: str
+) -> tuple[dict[str, Any], str]:
     if new == current:
         return current, "unchanged"
     new["updated_at"] = now

@@ -6,6 +6,7 @@ service routes), the OpenAPI document, command-line commands, and ``create_app``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -65,11 +66,17 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("DATA_DIR", "", "Folder of the data files (books.json, journal.jsonl, ...). Empty: Flask's instance folder."),
-    Setting("SEED_FILE", str(HERE / "books.json"), 'Catalogue a new, empty data directory starts with. "" starts empty.'),
+    Setting(
+        "DATA_DIR", "", "Folder of the data files (books.json, journal.jsonl, ...). Empty: Flask's instance folder."
+    ),
+    Setting(
+        "SEED_FILE", str(HERE / "books.json"), 'Catalogue a new, empty data directory starts with. "" starts empty.'
+    ),
     Setting("LOCK_TIMEOUT", 10.0, "Seconds a write waits for the data directory's lock before answering 503."),
     Setting("JOURNAL_KEEP", 10000, "Changes the journal keeps for clients catching up; older ones answer 410."),
-    Setting("READ_CACHE_MB", 32, "Memory per worker for repeated catalogue pages (served without Flask); 0 turns it off."),
+    Setting(
+        "READ_CACHE_MB", 32, "Memory per worker for repeated catalogue pages (served without Flask); 0 turns it off."
+    ),
 )
 """Every setting: ``LIBRARY_<NAME>`` in the environment (or ``.env``), ``<NAME>`` in app.config."""
 
@@ -149,7 +156,11 @@ def handle_storage_error(exc: StorageError) -> Response:
     status = next((code for kind, code in STORAGE_STATUS.items() if isinstance(exc, kind)), 500)
     if isinstance(exc, CorruptFileError):
         log.error("%s", exc)
-        return problem(503, f"{exc.path.name}: {exc.reason} (line {exc.line}); writes are refused until it is fixed", headers=[("Retry-After", "60")])
+        return problem(
+            503,
+            f"{exc.path.name}: {exc.reason} (line {exc.line}); writes are refused until it is fixed",
+            headers=[("Retry-After", "60")],
+        )
     headers = [("Retry-After", "1")] if status == 503 else None
     return problem(status, str(exc), headers=headers)
 
@@ -218,10 +229,8 @@ def query_args(schema: BookQuerySchema) -> dict[str, Any]:
 
 def conditional(body: bytes, etag: str) -> Response:
     """A 200 with ``ETag``, or 304 when the client already has this version."""
-    if request.if_none_match.contains(etag.strip('"')):
-        response = Response(status=304)
-    else:
-        response = json_response(body)
+    fresh = request.if_none_match.contains(etag.strip('"'))
+    response = Response(status=304) if fresh else json_response(body)
     response.headers["ETag"] = etag
     response.headers["Cache-Control"] = "no-cache"
     return response
@@ -386,7 +395,9 @@ def _operation(view_fn: Callable[..., Any], doc: dict[str, Any], params: list[di
         "summary": (view_fn.__doc__ or "").strip().splitlines()[0],
         "operationId": view_fn.__name__,
         "parameters": list(params),
-        "responses": {str(status): {"description": HTTP_STATUS_CODES[status], **({"content": content} if content else {})}},
+        "responses": {
+            str(status): {"description": HTTP_STATUS_CODES[status], **({"content": content} if content else {})}
+        },
     }
     if status == 201:
         op["responses"]["200"] = {"description": "Updated an existing book", "content": content}
@@ -450,10 +461,8 @@ def import_rows(rows: list[loader.Row], dry_run: bool = False) -> dict[str, Any]
         if dry_run:
             raise DryRun
 
-    try:
+    with contextlib.suppress(DryRun):
         write_books(run)
-    except DryRun:
-        pass
     return report
 
 

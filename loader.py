@@ -32,9 +32,11 @@ def read_rows(path: Path) -> list[Row]:
     except OSError as exc:
         raise UnreadableFileError(f"{path}: {exc.strerror}") from None
     text = _decode(raw)
+    if "\x00" in text:
+        raise UnreadableFileError(f"{path}: a binary file, neither JSON nor CSV")
     if path.suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{"):
         return list(_json_rows(text, path))
-    return list(_csv_rows(text))
+    return list(_csv_rows(text, path))
 
 
 def _decode(raw: bytes) -> str:
@@ -48,7 +50,9 @@ def _json_rows(text: str, path: Path) -> Iterator[Row]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UnreadableFileError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise UnreadableFileError(
+            f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
     if isinstance(doc, dict) and isinstance(doc.get("books"), list):
         items, key = doc["books"], "books"
     elif isinstance(doc, list):
@@ -61,15 +65,16 @@ def _json_rows(text: str, path: Path) -> Iterator[Row]:
         yield line, item if isinstance(item, dict) else {"_row": item}
 
 
-def _csv_rows(text: str) -> Iterator[Row]:
+def _csv_rows(text: str, path: Path) -> Iterator[Row]:
     sample = text[:4096]
     try:
         dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
     reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
-    if not reader.fieldnames:
-        return
+    columns = [(name or "").strip().lower() for name in reader.fieldnames or ()]
+    if "title" not in columns:
+        raise UnreadableFileError(f"{path}: not a book file: a CSV needs a header row with a title column")
     line = reader.line_num + 1
     for row in reader:
         fields = {(k or "").strip().lower().replace(" ", "_"): (v or "").strip() for k, v in row.items() if k}

@@ -68,15 +68,17 @@ class ReadCache:
         version = self.current_version()
         entry = self._entries.get(key)
         if entry is not None and entry.version == version:
-            if entry.etag and "HTTP_IF_NONE_MATCH" in environ:
-                if parse_etags(environ["HTTP_IF_NONE_MATCH"]).contains(entry.etag.strip('"')):
-                    start_response("304 NOT MODIFIED", entry.headers_304)
-                    return []
+            match = environ.get("HTTP_IF_NONE_MATCH")
+            if entry.etag and match and parse_etags(match).contains(entry.etag.strip('"')):
+                start_response("304 NOT MODIFIED", entry.headers_304)
+                return []
             start_response(entry.status, entry.headers)
             return [entry.body]
         return self._call_app(key, environ, start_response)
 
-    def _call_app(self, key: tuple[str, str, str], environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def _call_app(
+        self, key: tuple[str, str, str], environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         captured: dict[str, Any] = {}
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

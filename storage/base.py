@@ -208,5 +208,5 @@ class Store(abc.ABC):
         """The record changes with ``since < seq <= until`` known to this process, or None when
         they are not all known (the caller must then recompute from a snapshot)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional for stores that hold nothing open
         """Release what the store holds open."""

@@ -47,6 +47,5 @@ class CorruptFileError(StorageError):
         if line is not None and column is not None:
             where += f", column {column}"
         super().__init__(
-            f"{self.path}: {reason}{where}. Nothing was written; "
-            "fix the file or restore it from a backup."
+            f"{self.path}: {reason}{where}. Nothing was written; fix the file or restore it from a backup."
         )

@@ -153,9 +153,7 @@ class JsonStore(Store):
             # A short poll keeps waiting writers from sleeping long past the moment the lock frees.
             self._filelock.acquire(timeout=self._lock_timeout, poll_interval=0.001)
         except Timeout as exc:
-            raise LockTimeoutError(
-                f"The data directory stayed locked for more than {self._lock_timeout:g} s"
-            ) from exc
+            raise LockTimeoutError(f"The data directory stayed locked for more than {self._lock_timeout:g} s") from exc
         try:
             yield
         finally:
@@ -193,7 +191,7 @@ class JsonStore(Store):
         tables: dict[str, Table] = {}
         rewrite: set[str] = set()
         edited = parsed.floor is None and not fresh
-        for name, path in self._paths.items():
+        for name in self._paths:
             table = self._parse_file(name) if existing[name] else Table(name, {}, 1, 0)
             known = committed.get(name)
             if known is not None and existing[name] != known[1]:
@@ -373,7 +371,9 @@ class JsonStore(Store):
         for name, lines in grouped.items():
             table = old.tables[name]
             for line in lines:
-                changes.append((line["seq"], Change(name, line["id"], table.records.get(line["id"]), line.get("record"))))
+                changes.append(
+                    (line["seq"], Change(name, line["id"], table.records.get(line["id"]), line.get("record")))
+                )
             new_tables[name] = _replay(table, lines, keep_fragments=True)
         for name, st in commit.files.items():
             if name in self._expected:
@@ -606,7 +606,7 @@ def item_lines(text: str, key: str | None) -> list[int]:
     if key is None:
         start = text.find("[")
     else:
-        match = re.search(r'"%s"\s*:\s*\[' % re.escape(key), text)
+        match = re.search(rf'"{re.escape(key)}"\s*:\s*\[', text)
         start = match.end() - 1 if match else -1
     if start < 0:
         return []

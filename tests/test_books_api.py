@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
 from tests.conftest import BOOK, assert_problem
 
 ISBN10 = "020161622X"

@@ -68,7 +68,7 @@ def _write_until_killed(directory: str, out: int) -> None:
     store = JsonStore(directory, ("books",), journal_keep=200)
     n = 0
     while True:
-        book = store.update(lambda txn: txn.insert("books", {"title": f"{os.getpid()}-{n}"}))
+        book = store.update(lambda txn, n=n: txn.insert("books", {"title": f"{os.getpid()}-{n}"}))
         os.write(out, f"{book['id']} {book['title']}\n".encode())  # acknowledged only once durable
         n += 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from tests.conftest import BOOK, assert_problem
 
 # -- errors and media types ----------------------------------------------------------------------
