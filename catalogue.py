@@ -87,6 +87,8 @@ class CatalogueView:
         self._lock = threading.Lock()
         self._open_loans: dict[int, dict[str, Any]] | None = None
         self._orders: dict[str, list[int]] = {}
+        self._ranks: dict[str, dict[int, int]] = {}
+        self._indexes: dict[str, dict[Any, set[int]]] = {}
         self._search: tuple[str, list[int], list[int]] | None = None
 
     @classmethod
@@ -128,7 +130,7 @@ class CatalogueView:
 
     def etag(self, book_id: int) -> str:
         """A strong ETag for one book: a digest of exactly what GET returns."""
-        return '"' + hashlib.blake2b(self.encoded(book_id), digest_size=9).hexdigest() + '"'
+        return etag_of(self.encoded(book_id))
 
     def order(self, sort_by: str) -> list[int]:
         """Book ids sorted by ``sort_by`` (``-field`` descending), ties by ascending id, empty last."""
@@ -154,6 +156,32 @@ class CatalogueView:
             ids = present + missing
         self._orders[sort_by] = ids
         return ids
+
+    def index(self, field: str) -> dict[Any, set[int]]:
+        """Book ids by the value of ``field`` (folded text, or the value itself for numbers)."""
+        found = self._indexes.get(field)
+        if found is None:
+            found = {}
+            numeric = field == "publication_year"
+            for bid, book in self.books.items():
+                value = book.get(field)
+                found.setdefault(value if numeric else fold(value), set()).add(bid)
+            self._indexes[field] = found  # published whole, never half built
+        return found
+
+    def unavailable(self) -> dict[str, set[int]]:
+        """The ids of the books that are not available, by status."""
+        checked_out = {bid for bid in self.open_loans if bid in self.books}
+        return {"checked_out": checked_out}
+
+    def rank(self, sort_by: str) -> dict[int, int]:
+        """Each book's position in :meth:`order`, to sort a few matches without walking them all."""
+        ranks = self._ranks.get(sort_by)
+        if ranks is None:
+            # Built whole before it is shared: another thread must never see it half filled.
+            ranks = {bid: i for i, bid in enumerate(self.order(sort_by))}
+            self._ranks[sort_by] = ranks
+        return ranks
 
     def search(self, words: list[str]) -> set[int]:
         """Ids of the books in whose title, author or ISBN every word appears (case-insensitive)."""
@@ -204,6 +232,10 @@ def _search_word(word: str) -> str:
 _ENCODED: dict[int, tuple[Any, tuple[str, str | None], bytes]] = {}
 
 
+def etag_of(encoded: bytes) -> str:
+    return '"' + hashlib.blake2b(encoded, digest_size=9).hexdigest() + '"'
+
+
 def public_book(record: Mapping[str, Any], status: str, due_at: str | None) -> dict[str, Any]:
     book = {key: record.get(key) for key in PUBLIC_ORDER}
     book["status"] = status
@@ -232,48 +264,54 @@ class BookQuery:
 def list_books(view: CatalogueView, query: BookQuery) -> bytes:
     """The ``GET /books`` body for ``query``, as JSON bytes."""
     order = view.order(query.sort_by)
-    wanted = _matching(view, query)
-    start = (query.page - 1) * query.limit
-    if wanted is None:
+    wanted, unwanted = _matching(view, query)
+    start, end = (query.page - 1) * query.limit, query.page * query.limit
+    if wanted is None and not unwanted:
         total = len(order)
-        page_ids = order[start : start + query.limit]
+        page_ids = order[start:end]
+    elif wanted is None:
+        total = len(order) - len(unwanted)
+        page_ids = [bid for bid in order if bid not in unwanted][start:end]
     else:
+        wanted = wanted - unwanted if unwanted else wanted
         total = len(wanted)
         if total <= start:
             page_ids = []
         elif total * 8 < len(order):  # few matches: sorting them beats walking the whole order
-            rank = view.snap.derived.setdefault(("rank", query.sort_by), {})
-            if not rank:
-                rank.update((bid, i) for i, bid in enumerate(order))
-            page_ids = sorted(wanted, key=rank.__getitem__)[start : start + query.limit]
+            page_ids = sorted(wanted, key=view.rank(query.sort_by).__getitem__)[start:end]
         else:
-            page_ids = [bid for bid in order if bid in wanted][start : start + query.limit]
+            page_ids = [bid for bid in order if bid in wanted][start:end]
     body = b",".join(view.encoded(bid) for bid in page_ids)
     pages = math.ceil(total / query.limit)
     tail = orjson.dumps({"total": total, "page": query.page, "limit": query.limit, "pages": pages})
     return b'{"books":[' + body + b"]," + tail[1:]
 
 
-def _matching(view: CatalogueView, query: BookQuery) -> set[int] | None:
-    """Ids matching the filters of ``query``, or None when it has none."""
-    result: set[int] | None = None
+def _matching(view: CatalogueView, query: BookQuery) -> tuple[set[int] | None, set[int]]:
+    """The ids ``query``'s filters keep (None: no filter narrows them) and the ids they drop."""
+    narrowing: list[set[int]] = []
     if query.q is not None and query.q.split():
-        result = view.search(query.q.split())
-    checks = [(f, fold(getattr(query, f))) for f in FILTER_FIELDS if getattr(query, f) is not None]
-    year = query.publication_year
-    if checks or year is not None:
-        books = view.books
-        candidates = result if result is not None else books.keys()
-        result = {
-            bid
-            for bid in candidates
-            if all(fold(books[bid].get(f)) == v for f, v in checks)
-            and (year is None or books[bid].get("publication_year") == year)
-        }
+        narrowing.append(view.search(query.q.split()))
+    for field in FILTER_FIELDS:
+        value = getattr(query, field)
+        if value is not None:
+            narrowing.append(view.index(field).get(fold(value), _NONE))
+    if query.publication_year is not None:
+        narrowing.append(view.index("publication_year").get(query.publication_year, _NONE))
+    unwanted: set[int] = set()
     if query.status is not None:
-        candidates = result if result is not None else view.books.keys()
-        result = {bid for bid in candidates if view.status(bid)[0] == query.status}
-    return result
+        by_status = view.unavailable()
+        if query.status == "available":
+            unwanted = set().union(*by_status.values())
+        else:
+            narrowing.append(by_status.get(query.status, _NONE))
+    if not narrowing:
+        return None, unwanted
+    narrowing.sort(key=len)
+    return narrowing[0].intersection(*narrowing[1:]), unwanted
+
+
+_NONE: frozenset[int] = frozenset()
 
 
 # -- writes ----------------------------------------------------------------------------------------
@@ -284,21 +322,28 @@ class WriterIndex:
     store's change list instead of being rebuilt from every book on every write."""
 
     def __init__(self) -> None:
-        self.seq = -1
+        self.seq = -1  # -1: rebuild before use
+        self.mutations = 0
         self.by_isbn: dict[str, set[int]] = {}
         self.by_tay: dict[tuple[str, str, int | None], set[int]] = {}
 
-    def refresh(self, store: Store, snap: Snapshot) -> None:
-        changes = store.changes_between(self.seq, snap.seq) if self.seq >= 0 else None
+    def refresh(self, store: Store | None, txn: Txn) -> None:
+        """Bring the index up to ``txn`` (its snapshot, plus what earlier updaters of the same
+        commit changed, which they applied here themselves). Without a store, rebuild it."""
+        seq = txn.snapshot.seq
+        if self.seq == seq and store is not None:
+            return
+        changes = store.changes_between(self.seq, seq) if self.seq >= 0 and store is not None else None
         if changes is None:
             self.by_isbn, self.by_tay = {}, {}
-            for book in snap.tables["books"].records.values():
+            for _, book in txn.items("books"):
                 self.add(book)
         else:
+            # Re-applying a change already applied (our own last commit) leaves the index as it is.
             for _, change in changes:
                 if change.collection == "books":
                     self.apply(change.before, change.after)
-        self.seq = snap.seq
+        self.seq = seq
 
     def apply(self, before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
         if before is not None:
@@ -307,11 +352,13 @@ class WriterIndex:
             self.add(after)
 
     def add(self, book: Mapping[str, Any]) -> None:
+        self.mutations += 1
         if book.get("isbn"):
             self.by_isbn.setdefault(isbn13(book["isbn"]), set()).add(book["id"])
         self.by_tay.setdefault(tay_key(book), set()).add(book["id"])
 
     def discard(self, book: Mapping[str, Any]) -> None:
+        self.mutations += 1
         if book.get("isbn"):
             self.by_isbn.get(isbn13(book["isbn"]), set()).discard(book["id"])
         self.by_tay.get(tay_key(book), set()).discard(book["id"])
@@ -380,7 +427,9 @@ def delete_book(txn: Txn, book_id: int, if_match: Any) -> dict[str, Any]:
 def _current(txn: Txn, book_id: int, if_match: Any) -> dict[str, Any]:
     current = txn.get_or_fail("books", book_id, "Book not found")
     if if_match is not None and not if_match.star_tag:
-        etag = CatalogueView.of(txn.snapshot).etag(book_id).strip('"')
+        # From the transaction's record: an earlier write in the same commit counts.
+        status = CatalogueView.of(txn.snapshot).status(book_id)
+        etag = etag_of(orjson.dumps(public_book(current, *status))).strip('"')
         if not if_match.contains(etag):
             raise PreconditionFailedError("The book changed since it was read (If-Match does not match)")
     return current
@@ -418,15 +467,26 @@ def with_index(store: Store, index: WriterIndex, updater: Any) -> Any:
     """Run ``updater(txn)`` in a store transaction with ``index`` brought up to date first. If the
     transaction fails, the index (which it may have changed) is rebuilt next time."""
 
+    refused = False
+
     def run(txn: Txn) -> Any:
-        index.refresh(store, txn.snapshot)
+        nonlocal refused
+        index.refresh(store, txn)
+        mutations = index.mutations
         try:
             return updater(txn)
         except BaseException:
-            index.seq = -1
+            refused = True
+            if index.mutations != mutations:
+                index.seq = -1
             raise
 
-    return store.update(run)
+    try:
+        return store.update(run)
+    except BaseException:
+        if not refused:
+            index.seq = -1  # the commit failed after the index took in the changes
+        raise
 
 
 # -- events ----------------------------------------------------------------------------------------
@@ -458,7 +518,7 @@ def describe(changes: list[Change], after: Snapshot) -> list[dict[str, Any] | No
 def seed(txn: Txn, books: Iterable[dict[str, Any]]) -> int:
     """Fill a new catalogue with ``books`` (validated); returns how many were added."""
     index = WriterIndex()
-    index.seq = txn.snapshot.seq
+    index.refresh(None, txn)
     now = utcnow()
     count = 0
     for data in books:

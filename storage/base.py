@@ -38,7 +38,7 @@ class Table:
     """One collection at one moment: records by id (in id order), the next id to hand out, and the
     ``seq`` of the last change written to it. Tables are never changed after they are published."""
 
-    __slots__ = ("name", "records", "next_id", "seq", "fragments")
+    __slots__ = ("name", "records", "next_id", "seq", "parts", "positions")
 
     def __init__(
         self,
@@ -46,14 +46,17 @@ class Table:
         records: dict[int, Record],
         next_id: int,
         seq: int,
-        fragments: dict[int, bytes] | None = None,
+        parts: list[bytes] | None = None,
+        positions: dict[int, int] | None = None,
     ) -> None:
         self.name = name
         self.records = records
         self.next_id = next_id
         self.seq = seq
-        # Serialized form of each record, kept so that a write re-encodes only what changed.
-        self.fragments: dict[int, bytes] = fragments if fragments is not None else {}
+        # Each record encoded, in id order, and each id's place in that list: kept (when known) so
+        # that writing the file re-encodes only the records that changed.
+        self.parts = parts
+        self.positions = positions
 
 
 class Snapshot:
@@ -86,19 +89,36 @@ class Snapshot:
 class Txn:
     """The working view handed to an updater: reads see the transaction's own changes.
 
+    A transaction may be a *child* of another: it sees its parent's changes, and :meth:`merge`
+    adds its own to the parent's, so that one updater's changes can be thrown away while those
+    of the updaters before it in the same commit are kept.
+
     Records passed to :meth:`put` and :meth:`insert` are stored as given; do not change them later.
     """
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, parent: Txn | None = None) -> None:
         self.snapshot = snapshot
+        self.parent = parent
         self._changes: dict[tuple[str, int], Record | None] = {}
         self._next_ids: dict[str, int] = {}
+
+    def child(self) -> Txn:
+        """A transaction on top of this one."""
+        return Txn(self.snapshot, self)
+
+    def merge(self, child: Txn) -> None:
+        """Take over what ``child`` changed."""
+        self._changes.update(child._changes)
+        self._next_ids.update(child._next_ids)
 
     def get(self, collection: str, record_id: int) -> Record | None:
         """The current record with ``record_id`` (including this transaction's changes), or None."""
         key = (collection, record_id)
-        if key in self._changes:
-            return self._changes[key]
+        txn: Txn | None = self
+        while txn is not None:
+            if key in txn._changes:
+                return txn._changes[key]
+            txn = txn.parent
         return self.snapshot.get(collection, record_id)
 
     def get_or_fail(self, collection: str, record_id: int, message: str) -> Record:
@@ -112,8 +132,8 @@ class Txn:
         return record
 
     def items(self, collection: str) -> Iterator[tuple[int, Record]]:
-        """Every current record of ``collection`` with its id: the snapshot's, then this txn's new ones."""
-        changed = {rid: rec for (col, rid), rec in self._changes.items() if col == collection}
+        """Every current record of ``collection`` with its id: the snapshot's, then new ones."""
+        changed = {rid: rec for (col, rid), rec in self._all_changes().items() if col == collection}
         for rid, rec in self.snapshot.tables[collection].records.items():
             if rid in changed:
                 rec = changed.pop(rid)
@@ -126,15 +146,17 @@ class Txn:
 
     def insert(self, collection: str, record: Record) -> Record:
         """Store ``record`` under a new id (never used before in this collection) and return it."""
-        table = self.snapshot.tables[collection]
-        new_id = self._next_ids.get(collection, table.next_id)
+        new_id = self.next_id(collection)
         self._next_ids[collection] = new_id + 1
         stored = {"id": new_id, **{k: v for k, v in record.items() if k != "id"}}
         self._changes[(collection, new_id)] = stored
         return stored
 
     def put(self, collection: str, record: Record) -> Record:
-        """Store ``record`` (which carries its existing ``id``), replacing the record with that id."""
+        """Store ``record`` (which carries its existing ``id``), replacing the record with that id.
+
+        :raises NotFoundError: when there is no record with that id.
+        """
         record_id = record["id"]
         if self.get(collection, record_id) is None:
             raise NotFoundError(f"No record {record_id} in {collection}")
@@ -150,21 +172,30 @@ class Txn:
         self._changes[(collection, record_id)] = None
         return record
 
+    def next_id(self, collection: str) -> int:
+        """The id the next :meth:`insert` into ``collection`` would get."""
+        txn: Txn | None = self
+        while txn is not None:
+            if collection in txn._next_ids:
+                return txn._next_ids[collection]
+            txn = txn.parent
+        return self.snapshot.tables[collection].next_id
+
     def changes(self) -> list[Change]:
-        """What this transaction changes, one entry per record, in the order first touched."""
+        """What this transaction (with its parents) changes, one entry per record, in the order
+        first touched; records put back as they were are not changes."""
         result = []
-        for (collection, record_id), after in self._changes.items():
+        for (collection, record_id), after in self._all_changes().items():
             before = self.snapshot.get(collection, record_id)
-            if before is after or (before is None and after is None):
-                continue
-            if before is not None and after is not None and before == after:
+            if before is after or before == after:
                 continue
             result.append(Change(collection, record_id, before, after))
         return result
 
-    def next_id(self, collection: str) -> int:
-        """The id the next :meth:`insert` into ``collection`` would get."""
-        return self._next_ids.get(collection, self.snapshot.tables[collection].next_id)
+    def _all_changes(self) -> dict[tuple[str, int], Record | None]:
+        if self.parent is None:
+            return self._changes
+        return {**self.parent._all_changes(), **self._changes}
 
 
 Describe = Callable[[list[Change], Snapshot], list[dict[str, Any] | None]]

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 from filelock import FileLock, Timeout
@@ -44,6 +44,24 @@ log = logging.getLogger("library_api.storage")
 JOURNAL_NAME = "journal.jsonl"
 LOCK_NAME = "library.lock"
 CHANGES_KEPT = 4096  # record changes kept in memory for callers that maintain their own indexes
+
+
+class _Pending:
+    """One updater waiting to be committed, and then its result or error."""
+
+    __slots__ = ("updater", "value", "error", "taken", "done")
+
+    def __init__(self, updater: Callable[[Txn], Any]) -> None:
+        self.updater = updater
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.taken = False  # a committing thread has it
+        self.done = threading.Event()
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 class JsonStore(Store):
@@ -77,6 +95,8 @@ class JsonStore(Store):
         self._journal_keep = max(1, journal_keep)
         self._lock_timeout = lock_timeout
         self._mutex = threading.RLock()  # one thread of this process at a time past this point
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
         self.directory.mkdir(parents=True, exist_ok=True)
         self._filelock = FileLock(self.directory / LOCK_NAME, thread_local=False)
         self._snap = Snapshot(0, {})
@@ -136,14 +156,60 @@ class JsonStore(Store):
     # -- writing -------------------------------------------------------------------------------
 
     def update(self, updater: Callable[[Txn], T]) -> T:
-        with self._mutex, self._locked():
-            self._sync(locked=True)
-            txn = Txn(self._snap)
-            result = updater(txn)
-            changes = txn.changes()
-            if changes:
-                self._commit(changes, {name: txn.next_id(name) for name in self.collections})
-            return result
+        """See :meth:`Store.update`. Concurrent calls in one process are committed together: the
+        thread that gets the lock runs every updater waiting at that moment, each in its own child
+        transaction (so one that raises loses only its own changes), and writes them all with one
+        file rewrite and one journal fsync. Updaters must not call :meth:`update` themselves."""
+        pending = _Pending(updater)
+        with self._queue_lock:
+            self._queue.append(pending)
+        batch: list[_Pending] = []
+        with self._mutex:
+            if not pending.taken:
+                batch, renamed = self._commit_queue()
+        if batch:
+            try:
+                if renamed:
+                    # The renames must be durable before anyone is told "done", but the lock is
+                    # not needed for that: the journal already holds the commit.
+                    journal.fsync_dir(self.directory)
+            except OSError as exc:
+                for item in batch:
+                    item.error = item.error or exc
+            finally:
+                for item in batch:
+                    item.done.set()
+        pending.done.wait()
+        return cast(T, pending.outcome())
+
+    def _commit_queue(self) -> tuple[list[_Pending], bool]:
+        """Run and commit every waiting updater. Returns them, and whether files were renamed."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        for item in batch:
+            item.taken = True
+        changes: list[Change] = []
+        try:
+            with self._locked():
+                self._sync(locked=True)
+                base = Txn(self._snap)
+                for item in batch:
+                    child = base.child()
+                    try:
+                        item.value = item.updater(child)
+                    except BaseException as exc:  # the updater's own failure: only it is refused
+                        item.error = exc
+                    else:
+                        base.merge(child)
+                changes = base.changes()
+                if changes:
+                    self._commit(changes, {name: base.next_id(name) for name in self.collections})
+        except BaseException as exc:  # nothing was committed: every updater in the batch fails
+            for item in batch:
+                if item.error is None:
+                    item.error = exc
+            return batch, False
+        return batch, bool(changes)
 
     # -- internals: locking ----------------------------------------------------------------------
 
@@ -190,8 +256,8 @@ class JsonStore(Store):
                 committed[name] = (commit.seq, st)
         tables: dict[str, Table] = {}
         rewrite: set[str] = set()
-        edited = parsed.floor is None and not fresh
-        for name in self._paths:
+        edited = False
+        for name, path in self._paths.items():
             table = self._parse_file(name) if existing[name] else Table(name, {}, 1, 0)
             known = committed.get(name)
             if known is not None and existing[name] != known[1]:
@@ -203,7 +269,9 @@ class JsonStore(Store):
                 else:
                     edited = True
             elif known is None and existing[name] is not None and parsed.floor is not None:
-                edited = True
+                edited = True  # a file the journal never wrote appeared
+            elif parsed.floor is None and existing[name] is not None:
+                log.info("%s: no journal yet, starting one", path)
             tables[name] = table
             seq = max(seq, table.seq)
         if edited:
@@ -240,6 +308,7 @@ class JsonStore(Store):
             changes = txn.changes()
             if changes:
                 self._commit(changes, {name: txn.next_id(name) for name in self.collections})
+                journal.fsync_dir(self.directory)
 
     def _remove_orphans(self) -> None:
         for tmp in self.directory.glob(".*.tmp"):
@@ -374,7 +443,7 @@ class JsonStore(Store):
                 changes.append(
                     (line["seq"], Change(name, line["id"], table.records.get(line["id"]), line.get("record")))
                 )
-            new_tables[name] = _replay(table, lines, keep_fragments=True)
+            new_tables[name] = _replay(table, lines)
         for name, st in commit.files.items():
             if name in self._expected:
                 self._previous[name], self._expected[name] = self._expected[name], st
@@ -433,6 +502,7 @@ class JsonStore(Store):
         next_ids = {n: t.next_id for n, t in self._snap.tables.items()}
         next_ids[name] = max(current.next_id, edited.next_id)
         self._commit(changes, next_ids, force={name})
+        journal.fsync_dir(self.directory)
 
     # -- internals: committing -----------------------------------------------------------------
 
@@ -451,24 +521,9 @@ class JsonStore(Store):
         new_tables = dict(old.tables)
         for name in touched:
             table = old.tables[name]
-            records = dict(table.records)
-            fragments = dict(table.fragments)
-            ordered = True
-            last_id = next(reversed(records)) if records else 0
-            for _, change in by_name[name]:
-                fragments.pop(change.id, None)
-                if change.after is None:
-                    records.pop(change.id, None)
-                else:
-                    if change.id not in records and change.id < last_id:
-                        ordered = False
-                    records[change.id] = change.after
-                    last_id = max(last_id, change.id)
-            if not ordered:
-                records = dict(sorted(records.items()))
-            next_id = max(next_ids.get(name, 1), table.next_id, last_id + 1)
+            entries = [(change.id, change.after) for _, change in by_name[name]]
             table_seq = by_name[name][-1][0] if by_name[name] else seq
-            new_tables[name] = Table(name, records, next_id, table_seq, fragments)
+            new_tables[name] = derive(table, entries, table_seq, next_ids.get(name, 1))
         new_snap = Snapshot(seq, new_tables)
         events = self._describe(changes, new_snap) if self._describe else [None] * len(changes)
         temps: dict[str, tuple[Path, FileStat]] = {}
@@ -490,7 +545,7 @@ class JsonStore(Store):
         for name, (tmp, st) in temps.items():
             os.replace(tmp, self._paths[name])
             self._previous[name], self._expected[name] = self._expected[name], st
-        journal.fsync_dir(self.directory)
+        # The directory is fsync'd by update() once the lock is released (see there).
         self._snap = new_snap
         self._joffset = jstat[1]
         self._jkey = (jstat[0], jstat[1])
@@ -557,39 +612,68 @@ class JsonStore(Store):
         self._jline = sum(len(c.lines) + 1 for c in kept) + 2
 
 
-def _replay(table: Table, lines: list[dict[str, Any]], keep_fragments: bool = False) -> Table:
+def _replay(table: Table, lines: list[dict[str, Any]]) -> Table:
     """``table`` with journal change lines applied."""
+    if not lines:
+        return table
+    entries = [(line["id"], None if line.get("op") == "delete" else line["record"]) for line in lines]
+    return derive(table, entries, max(table.seq, max(line["seq"] for line in lines)), table.next_id)
+
+
+def derive(table: Table, entries: list[tuple[int, Record | None]], seq: int, next_id: int) -> Table:
+    """A new table: ``table`` with each ``(id, record or None to delete)`` applied.
+
+    The encoded parts are carried over when ``table`` has them: an update or an insert at the
+    end touches only its own part; anything else reorders them, still without re-encoding the
+    records that did not change.
+    """
     records = dict(table.records)
-    fragments = dict(table.fragments) if keep_fragments else {}
-    seq = table.seq
-    for line in lines:
-        rid = line["id"]
-        fragments.pop(rid, None)
-        if line.get("op") == "delete":
-            records.pop(rid, None)
+    last_id = next(reversed(records)) if records else 0
+    in_place = True
+    for rid, record in entries:
+        if record is None:
+            if records.pop(rid, None) is not None:
+                in_place = False
         else:
-            records[rid] = line["record"]
-        seq = max(seq, line["seq"])
-    if any(a > b for a, b in zip(records, list(records)[1:], strict=False)):
+            if rid not in records:
+                in_place = in_place and rid > last_id
+                last_id = max(last_id, rid)
+            records[rid] = record
+    if not in_place and any(a > b for a, b in zip(records, list(records)[1:], strict=False)):
         records = dict(sorted(records.items()))
-    next_id = max([table.next_id, *(rid + 1 for rid in records)]) if records else table.next_id
-    return Table(table.name, records, next_id, seq, fragments)
+    parts, positions = table.parts, table.positions
+    if parts is not None and positions is not None:
+        changed = {rid for rid, _ in entries}
+        if in_place:
+            parts = parts.copy()
+            new_ids = [rid for rid, _ in entries if rid in records and rid not in positions]
+            if new_ids:
+                positions = {**positions, **{rid: len(parts) + i for i, rid in enumerate(new_ids)}}
+                parts.extend(b"" for _ in new_ids)
+            for rid in changed:
+                if rid in records:
+                    parts[positions[rid]] = orjson.dumps(records[rid])
+        else:
+            old_parts, old_positions = parts, positions
+            parts = [
+                orjson.dumps(rec) if rid in changed or rid not in old_positions else old_parts[old_positions[rid]]
+                for rid, rec in records.items()
+            ]
+            positions = {rid: i for i, rid in enumerate(records)}
+    next_id = max(next_id, table.next_id, (last_id + 1) if records else 1)
+    return Table(table.name, records, next_id, seq, parts, positions)
 
 
 def _encode_table(table: Table) -> Iterator[bytes]:
     """The collection file: a small header, then one record per line, in id order."""
-    fragments = table.fragments
-    parts = []
-    for rid, record in table.records.items():
-        fragment = fragments.get(rid)
-        if fragment is None:
-            fragment = fragments[rid] = orjson.dumps(record)
-        parts.append(fragment)
+    if table.parts is None or table.positions is None:
+        table.parts = [orjson.dumps(record) for record in table.records.values()]
+        table.positions = {rid: i for i, rid in enumerate(table.records)}
     name = json.dumps(table.name)
     yield f'{{"seq": {table.seq}, "next_id": {table.next_id}, {name}: ['.encode()
-    if parts:
+    if table.parts:
         yield b"\n"
-        yield b",\n".join(parts)
+        yield b",\n".join(table.parts)
     yield b"\n]}\n"
 
 
