@@ -20,6 +20,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -28,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -51,6 +51,8 @@ SETTLE_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
 MAX_RUNS = 70  # create.lua gives each run its own block of ISBNs; it has room for 70
 CREATED_AT = "2026-01-01T00:00:00Z"
+DISTURBED = 0.10  # share of the CPUs taken by others (processes, the hypervisor) that makes a run suspect
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # -- the synthetic catalogue -------------------------------------------------------------------------
 
@@ -284,6 +286,21 @@ def rss_kib(pid: int) -> int:
     return int(match.group(1)) if match else 0
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """CPU time since boot, summed over the CPUs: what processes used (user, nice and system time;
+    the kernel's interrupt work, which no process is charged for, left out), and what the hypervisor
+    stole from this virtual machine."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    user, nice, system, steal = (int(fields[i]) for i in (1, 2, 3, 8))
+    return (user + nice + system) / CLOCK_TICKS, steal / CLOCK_TICKS
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this script's finished child processes (wrk's runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 LOG_PROBLEM = re.compile(r"\bERROR\b|CRITICAL|WORKER TIMEOUT|^[\w.]+(Error|Exception)\b")
 """Lines of the server's log that tell of a problem: logged errors and the exception of a traceback."""
 
@@ -301,8 +318,8 @@ class Server:
         self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.tmp = Path(tempfile.mkdtemp(prefix="library-bench-"))
-        self.log_path = self.tmp / "server.log"
+        self.tmp: Path | None = None
+        self.log_path = Path(os.devnull)
         self.proc: subprocess.Popen[bytes] | None = None
         self.health: dict[str, Any] = {}
         self.startup_s = 0.0
@@ -320,10 +337,13 @@ class Server:
         try:
             self.stop()
         finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            if self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
 
     def start(self) -> None:
         """Start gunicorn and wait until it is healthy and its workers are idle."""
+        self.tmp = Path(tempfile.mkdtemp(prefix="library-bench-"))
+        self.log_path = self.tmp / "server.log"
         data_dir = self.tmp / "data"
         data_dir.mkdir()
         shutil.copyfile(self.catalogue, data_dir / "books.json")
@@ -387,6 +407,11 @@ class Server:
         """The gunicorn workers: the master's children."""
         return children_of(self.proc.pid) if self.proc is not None else []
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the gunicorn master and its workers."""
+        pids = [self.proc.pid, *self.worker_pids()] if self.proc is not None else []
+        return sum(cpu_ticks(pid) for pid in pids) / CLOCK_TICKS
+
     def workers_rss_mb(self) -> float:
         """The workers' resident memory together, in MB (MiB)."""
         return sum(rss_kib(pid) for pid in self.worker_pids()) / 1024
@@ -428,8 +453,8 @@ class WrkError(Exception):
 def run_wrk(wrk: str, url: str, scenario: Scenario, facts: Facts, run: int, duration: int) -> dict[str, Any]:
     """One wrk run of ``scenario``; returns its req/s, latencies (ms), status counts and errors."""
     command = [
-        wrk, "--threads", str(WRK_THREADS), "--connections", str(WRK_CONNECTIONS),
-        "--duration", f"{duration}s", "--timeout", WRK_TIMEOUT, "--latency", "--script", str(BENCH_DIR / scenario.script),
+        wrk, "--threads", str(WRK_THREADS), "--connections", str(WRK_CONNECTIONS), "--duration", f"{duration}s",
+        "--timeout", WRK_TIMEOUT, "--latency", "--script", str(BENCH_DIR / scenario.script),
         url, "--", str(run), *scenario.args(facts),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
@@ -450,8 +475,25 @@ def run_wrk(wrk: str, url: str, scenario: Scenario, facts: Facts, run: int, dura
     }
 
 
+def run_watched(server: Server, wrk: str, scenario: Scenario, facts: Facts, run: int, duration: int) -> dict[str, Any]:
+    """:func:`run_wrk`, its result completed with the shares of the machine's CPUs that others took
+    meanwhile, which lower and scatter the figures: ``other_cpu``, used by processes other than the
+    server and wrk, and ``steal``, kept by the hypervisor when the host is oversubscribed."""
+    began = time.monotonic()
+    used, stolen = machine_cpu_seconds()
+    ours = server.cpu_seconds() + children_cpu_seconds()
+    result = run_wrk(wrk, server.url, scenario, facts, run, duration)
+    used_after, stolen_after = machine_cpu_seconds()
+    ours = server.cpu_seconds() + children_cpu_seconds() - ours
+    capacity = (time.monotonic() - began) * (os.cpu_count() or 1)
+    result["other_cpu"] = max(0.0, used_after - used - ours) / capacity
+    result["steal"] = (stolen_after - stolen) / capacity
+    return result
+
+
 def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The medians of req/s, p50 and p99 over ``runs``, and the totals of statuses and errors."""
+    """The medians of req/s, p50 and p99 over ``runs``, the totals of statuses and errors, and the
+    largest share of the CPUs that others took in a run."""
     statuses: Counter[int] = Counter()
     for run in runs:
         statuses.update(run["statuses"])
@@ -462,6 +504,7 @@ def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_ms": statistics.median(run["p99_ms"] for run in runs),
         "non_2xx": sum(run["non_2xx"] for run in runs),
         "socket_errors": sum(run["socket_errors"] for run in runs),
+        "disturbed_cpu": max(run["other_cpu"] + run["steal"] for run in runs),
         "statuses": {str(code): n for code, n in sorted(statuses.items())},
         "runs": runs,
     }
@@ -470,57 +513,70 @@ def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
 # -- one catalogue size ------------------------------------------------------------------------------
 
 
-def bench_size(size: int, scenarios: list[Scenario], args: argparse.Namespace, wrk: str, log_copy: Path) -> dict[str, Any]:
+def bench_size(size: int, scenarios: list[Scenario], args: argparse.Namespace, wrk: str, log_copy: Path) -> dict:
     """Benchmark ``scenarios`` on a server holding ``size`` books; returns the dataset's result.
 
     When the server logged errors, its log is kept at ``log_copy``.
     """
     catalogue = catalogue_file(size)
     facts = facts_of(catalogue)
-    result: dict[str, Any] = {"size": size, "facts": asdict(facts), "scenarios": [], "warnings": []}
-    rss_mb = None
+    rows, rss_mb = [], None
     print(f"starting gunicorn on {size} books", file=sys.stderr)
     with Server(catalogue, args.workers) as server:
         first_workers = server.worker_pids()
-        if server.health.get("books") != size:
-            result["warnings"].append(f"/healthz reports {server.health.get('books')} books, expected {size}")
         for scenario in scenarios:
             if scenario.writes and rss_mb is None:
                 rss_mb = server.workers_rss_mb()
             runs = []
             for run in range(args.runs):
-                runs.append(run_wrk(wrk, server.url, scenario, facts, run, args.duration))
+                runs.append(run_watched(server, wrk, scenario, facts, run, args.duration))
                 server.check_alive()
-            row = summarize(scenario.name, runs)
-            result["scenarios"].append(row)
-            print(f"  {format_row(row)}", file=sys.stderr)
+            rows.append(summarize(scenario.name, runs))
+            print(f"  {format_row(rows[-1])}", file=sys.stderr)
         if rss_mb is None:
             rss_mb = server.workers_rss_mb()
-        if server.worker_pids() != first_workers:
-            result["warnings"].append("gunicorn replaced workers during the run (a crash or a timeout)")
+        workers_replaced = server.worker_pids() != first_workers
         server.stop()
         problems = server.log_problems()
         if problems:
             log_copy.parent.mkdir(exist_ok=True)
             shutil.copyfile(server.log_path, log_copy)
+    warnings = []
+    if server.health.get("books") != size:
+        warnings.append(f"/healthz reported {server.health.get('books')} books at start-up, expected {size}")
+    if workers_replaced:
+        warnings.append("gunicorn replaced workers during the run (a crash or a timeout)")
     if problems:
         shown = "\n    ".join(problems[:6])
-        result["warnings"].append(
-            f"{len(problems)} error line(s) in the server log (kept in {log_copy.relative_to(ROOT)}), e.g.:\n    {shown}"
+        kept = log_copy.relative_to(ROOT)
+        warnings.append(f"{len(problems)} error line(s) in the server log (kept in {kept}), e.g.:\n    {shown}")
+    return {
+        "size": size,
+        "facts": asdict(facts),
+        "workers": len(first_workers),
+        "startup_s": round(server.startup_s, 3),
+        "all_workers_ready_s": round(server.ready_s, 3),
+        "workers_rss_mb": round(rss_mb, 1),
+        "scenarios": rows,
+        "warnings": warnings + scenario_warnings(rows),
+    }
+
+
+def scenario_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """What makes scenarios' figures suspect: errors, or CPU taken by other processes or the hypervisor."""
+    warnings = [
+        f"{row['scenario']}: {row['non_2xx']} non-2xx answer(s), {row['socket_errors']} socket error(s); "
+        f"statuses {row['statuses']}"
+        for row in rows
+        if row["non_2xx"] or row["socket_errors"]
+    ]
+    disturbed = [f"{row['scenario']} {row['disturbed_cpu']:.0%}" for row in rows if row["disturbed_cpu"] > DISTURBED]
+    if disturbed:
+        warnings.append(
+            "other processes or the hypervisor (steal) took CPU during the runs, so these figures are lower "
+            "and noisier than on a quiet machine (largest share of the CPUs in a run): " + ", ".join(disturbed)
         )
-    result.update(
-        workers=len(first_workers),
-        startup_s=round(server.startup_s, 3),
-        all_workers_ready_s=round(server.ready_s, 3),
-        workers_rss_mb=round(rss_mb, 1),
-    )
-    for row in result["scenarios"]:
-        if row["non_2xx"] or row["socket_errors"]:
-            result["warnings"].append(
-                f"{row['scenario']}: {row['non_2xx']} non-2xx answer(s), {row['socket_errors']} socket error(s); "
-                f"statuses {row['statuses']}"
-            )
-    return result
+    return warnings
 
 
 # -- reporting ---------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -247,3 +249,31 @@ def test_docs_page(client):
     assert response.status_code == 200
     assert response.mimetype == "text/html"
     response.close()
+
+
+def test_concurrent_puts_with_one_etag_let_exactly_one_through(app, client, book):
+    """Eight librarians saving over the same version at once: one wins, the others get 412, even
+    when all eight are committed together (held back until all are waiting, then released)."""
+    etag = client.get(f"/books/{book['id']}").headers["ETag"]
+    store = app.extensions["library_store"]
+    statuses: list[int] = []
+
+    def save(n: int) -> None:
+        body = {**{k: book[k] for k in ("title", "author", "isbn")}, "genre": f"edit {n}"}
+        statuses.append(client.put(f"/books/{book['id']}", json=body, headers={"If-Match": etag}).status_code)
+
+    threads = [threading.Thread(target=save, args=(n,)) for n in range(8)]
+    with store._mutex:  # no commit can start until every save is queued
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(store._queue) == 8)
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200] + [412] * 7
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)

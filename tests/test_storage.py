@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -275,3 +277,53 @@ def test_files_are_private_to_the_owner(tmp_path):
     store = open_store(tmp_path)
     add(store, "a")
     assert os.stat(tmp_path / "books.json").st_mode & 0o077 == 0
+
+
+def test_concurrent_updaters_in_one_process_each_commit_or_fail_alone(tmp_path):
+    store = open_store(tmp_path)
+    results: dict[int, object] = {}
+
+    def write(n: int) -> None:
+        def updater(txn):
+            txn.insert("books", {"title": f"t{n}"})
+            if n % 3 == 0:
+                raise ValueError(n)
+            return n
+
+        try:
+            results[n] = store.update(updater)
+        except ValueError as exc:
+            results[n] = exc
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(titles(store)) == sorted(f"t{n}" for n in range(24) if n % 3)
+    assert all(isinstance(results[n], ValueError) == (n % 3 == 0) for n in range(24))
+    assert sorted(titles(open_store(tmp_path))) == sorted(titles(store))
+
+
+def test_updaters_committed_together_see_each_others_changes(tmp_path):
+    """A check-then-insert by eight threads held back and committed in one batch inserts once."""
+    store = open_store(tmp_path)
+
+    def insert_once(txn):
+        if any(book["title"] == "only one" for _, book in txn.items("books")):
+            return None
+        return txn.insert("books", {"title": "only one"})
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(store.update(insert_once))) for _ in range(8)]
+    with store._mutex:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(store._queue) < 8:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    for thread in threads:
+        thread.join()
+    assert titles(store) == ["only one"]
+    assert sum(r is not None for r in results) == 1
