@@ -14,11 +14,15 @@ load_dotenv()
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+# Each live websocket holds a thread for as long as it is open (LIBRARY_WS_MAX_CONNECTIONS per
+# worker, 24 by default); the rest serve ordinary requests.
+threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 timeout = 30
 graceful_timeout = 10
 keepalive = 5
 # Each worker opens the data directory itself (no preload): start-up recovery runs under the lock.
 preload_app = False
+# No runtime control socket: nothing uses it, and two servers on one machine would share its path.
+control_socket_disable = True
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"

@@ -17,15 +17,18 @@ from typing import Any
 
 import click
 import orjson
-from flask import Blueprint, Flask, Response, current_app, request, send_from_directory, url_for
+from flask import Blueprint, Flask, Response, current_app, g, request, send_from_directory, url_for
 from flask.cli import with_appcontext
 from flask.json.provider import JSONProvider
+from flask_cors import CORS
+from flask_sock import Sock
 from marshmallow import ValidationError
-from werkzeug.exceptions import BadRequest, HTTPException, NotFound, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound, ServiceUnavailable, UnsupportedMediaType
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import BaseConverter
 
 import catalogue
+import live
 import loader
 import readcache
 from catalogue import BookQuery, CatalogueView, WriterIndex
@@ -33,12 +36,15 @@ from schemas import (
     BookListSchema,
     BookQuerySchema,
     BookSchema,
+    ChangesQuerySchema,
+    ChangesSchema,
     HealthSchema,
     MessageSchema,
     ProblemSchema,
     book_patch_schema,
     book_query_schema,
     book_schema,
+    changes_query_schema,
 )
 from storage import (
     ConflictError,
@@ -53,6 +59,7 @@ from storage import (
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("library_api")
+sock = Sock()
 
 
 # -- settings ----------------------------------------------------------------------------------------
@@ -77,6 +84,9 @@ SETTINGS = (
     Setting(
         "READ_CACHE_MB", 32, "Memory per worker for repeated catalogue pages (served without Flask); 0 turns it off."
     ),
+    Setting("CORS_ORIGINS", "", 'Other origins whose pages may use the API: comma-separated, or "*".'),
+    Setting("WS_MAX_CONNECTIONS", 24, "Live websocket clients per worker; keep it below GUNICORN_THREADS."),
+    Setting("WS_PING_SECONDS", 25, "Seconds between keep-alive pings; a client silent for two is dropped."),
 )
 """Every setting: ``LIBRARY_<NAME>`` in the environment (or ``.env``), ``<NAME>`` in app.config."""
 
@@ -124,7 +134,8 @@ def problem(status: int, detail: str, errors: dict[str, Any] | None = None, head
     return response
 
 
-DETAILS = {
+DETAILS: dict[int, Callable[[], str]] = {
+    400: lambda: "Open /ws as a websocket, or poll GET /changes" if request.path == "/ws" else "Bad request",
     404: lambda: f"Nothing is at {request.path}",
     405: lambda: f"{request.method} is not allowed on {request.path}",
     413: lambda: f"The body is larger than the limit of {MAX_JSON_BYTES // 1024} KiB",
@@ -144,6 +155,10 @@ def handle_http_error(exc: HTTPException) -> Response:
     custom = exc.description if exc.description != type(exc).description else None
     detail = custom or (DETAILS[code]() if code in DETAILS else HTTP_STATUS_CODES.get(code, "Error"))
     return problem(code, detail, headers=exc.get_response().headers.items())
+
+
+def retry_later(exc: ServiceUnavailable) -> Response:
+    return problem(503, exc.description or "Try again later", headers=[("Retry-After", "5")])
 
 
 def handle_validation_error(exc: ValidationError) -> Response:
@@ -172,6 +187,7 @@ def handle_unexpected_error(exc: Exception) -> Response:
 
 def register_errors(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(ServiceUnavailable, retry_later)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(StorageError, handle_storage_error)
     app.register_error_handler(Exception, handle_unexpected_error)
@@ -323,6 +339,63 @@ def delete_book(book_id: int) -> Response:
 
 def if_match() -> Any:
     return request.if_match if "If-Match" in request.headers else None
+
+
+# -- routes: live updates -----------------------------------------------------------------------------
+
+
+@api.get("/changes")
+@documented(query=ChangesQuerySchema, response=ChangesSchema, errors=(410, 422))
+def list_changes() -> Response:
+    """Catalogue changes after ``since``, oldest first: the polling form of the websocket."""
+    args = changes_query_schema.load(request.args.to_dict())
+    events, last_seq = store().raw_events_since(args["since"], args["limit"])
+    body = b'{"changes":[' + b",".join(events) + b'],"last_seq":' + str(last_seq).encode() + b"}"
+    return json_response(body, **{"Cache-Control": "no-cache"})
+
+
+@sock.route("/ws")
+def live_updates(ws: Any) -> None:
+    """Every change of the catalogue as it happens: ``initial_load`` first, or what was missed
+    after ``?since=<seq>``. Messages from the client are ignored."""
+    ws.sock = live.LockedSocket(ws.sock)
+    feed: live.Feed = current_app.extensions["library_feed"]
+    since = request.args.get("since", type=int)
+    last = send_catalogue(ws) if since is None else since
+    while ws.connected:
+        try:
+            events, next_seq = store().raw_events_since(last, 500)
+        except JournalTruncatedError:  # the client was away longer than the journal remembers
+            last = send_catalogue(ws)
+            continue
+        for event in events:
+            ws.send(event.decode())
+        last = next_seq
+        while ws.receive(timeout=0) is not None:
+            pass
+        if len(events) < 500:
+            feed.wait_beyond(last, timeout=1.0)
+
+
+def send_catalogue(ws: Any) -> int:
+    """Send the whole catalogue as one ``initial_load`` message; returns its seq."""
+    current = view()
+    books = b",".join(current.encoded(book_id) for book_id in current.books)
+    ws.send(f'{{"action":"initial_load","seq":{current.snap.seq},"books":[' + books.decode() + "]}")
+    return current.snap.seq
+
+
+def reserve_live_slot() -> None:
+    """Refuse a websocket beyond the worker's limit before it takes a thread for good."""
+    if request.path == "/ws" and request.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+        if not current_app.extensions["library_feed"].acquire():
+            raise ServiceUnavailable("This worker has no room for another live connection; poll GET /changes instead")
+        g.live_slot = True
+
+
+def release_live_slot(exc: BaseException | None) -> None:
+    if g.pop("live_slot", False):
+        current_app.extensions["library_feed"].release()
 
 
 # -- routes: service ---------------------------------------------------------------------------------
@@ -528,6 +601,23 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_errors(app)
     app.register_blueprint(api)
     library_store = app.extensions["library_store"]
+    app.extensions["library_feed"] = live.Feed(library_store, int(app.config["WS_MAX_CONNECTIONS"]))
+    app.config["SOCK_SERVER_OPTIONS"] = {
+        "ping_interval": float(app.config["WS_PING_SECONDS"]),
+        "max_message_size": 65536,
+    }
+    app.before_request(reserve_live_slot)
+    app.teardown_request(release_live_slot)
+    sock.init_app(app)
+    origins = [o.strip() for o in str(app.config["CORS_ORIGINS"]).split(",") if o.strip()]
+    if origins:
+        CORS(
+            app,
+            origins="*" if "*" in origins else origins,
+            expose_headers=["ETag", "Location"],
+            allow_headers=["Content-Type", "If-Match", "If-None-Match", "Authorization"],
+            max_age=600,
+        )
     app.wsgi_app = readcache.ReadCache(  # type: ignore[method-assign]
         app.wsgi_app,
         lambda: library_store.snapshot().seq,

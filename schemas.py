@@ -131,6 +131,31 @@ class BookQuerySchema(Schema):
     q = fields.String(metadata={"description": "Words that must all appear in the title, author or ISBN."})
 
 
+class ChangesQuerySchema(Schema):
+    """The query parameters of ``GET /changes``."""
+
+    class Meta:
+        unknown = RAISE
+
+    since = fields.Integer(load_default=0, validate=validate.Range(min=0, error="Must be 0 or more."))
+    limit = fields.Integer(
+        load_default=100, validate=validate.Range(min=1, max=1000, error="Must be between 1 and 1000.")
+    )
+
+
+class EventSchema(Schema):
+    """One change of the catalogue, as ``/changes`` and ``/ws`` send it."""
+
+    seq = fields.Integer()
+    action = fields.String(metadata={"enum": ["created", "updated", "deleted"]})
+    book = fields.Nested(BookSchema)
+
+
+class ChangesSchema(Schema):
+    changes = fields.List(fields.Nested(EventSchema))
+    last_seq = fields.Integer(metadata={"description": "Pass it as the next since."})
+
+
 class MessageSchema(Schema):
     message = fields.String()
 
@@ -154,3 +179,4 @@ class HealthSchema(Schema):
 book_schema = BookSchema()
 book_patch_schema = BookSchema(partial=True)
 book_query_schema = BookQuerySchema()
+changes_query_schema = ChangesQuerySchema()

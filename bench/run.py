@@ -3,9 +3,9 @@
 
 For each catalogue size: generate (once, cached under bench/data/<N>/) a synthetic catalogue, start
 the server exactly as the Procfile does on a fresh copy of it, run every scenario with wrk a few
-times, and report the median req/s, p50 and p99 latency, the answers that were not 2xx, the
-workers' memory and the start-up time. Prints a markdown table per size and writes the same as
-JSON to bench/results/<timestamp>.json.
+times, and report the median req/s, p50 and p99 latency, the server's CPU time per request, the
+answers that were not 2xx, the workers' memory and the start-up time. Prints a markdown table per
+size and writes the same as JSON to bench/results/<timestamp>.json.
 
     python bench/run.py --sizes 10000 --duration 10 --runs 3
 
@@ -408,9 +408,17 @@ class Server:
         return children_of(self.proc.pid) if self.proc is not None else []
 
     def cpu_seconds(self) -> float:
-        """CPU time used so far by the gunicorn master and its workers."""
-        pids = [self.proc.pid, *self.worker_pids()] if self.proc is not None else []
-        return sum(cpu_ticks(pid) for pid in pids) / CLOCK_TICKS
+        """CPU time used so far by the gunicorn master and its workers, including workers that have
+        exited and been reaped (the master's cutime and cstime), so that a replaced worker's time
+        is not lost."""
+        if self.proc is None:
+            return 0.0
+        try:
+            fields = proc_stat(self.proc.pid)
+        except OSError:
+            return 0.0
+        reaped = int(fields[13]) + int(fields[14])
+        return (reaped + sum(cpu_ticks(pid) for pid in [self.proc.pid, *self.worker_pids()])) / CLOCK_TICKS
 
     def workers_rss_mb(self) -> float:
         """The workers' resident memory together, in MB (MiB)."""
@@ -476,32 +484,38 @@ def run_wrk(wrk: str, url: str, scenario: Scenario, facts: Facts, run: int, dura
 
 
 def run_watched(server: Server, wrk: str, scenario: Scenario, facts: Facts, run: int, duration: int) -> dict[str, Any]:
-    """:func:`run_wrk`, its result completed with the shares of the machine's CPUs that others took
-    meanwhile, which lower and scatter the figures: ``other_cpu``, used by processes other than the
-    server and wrk, and ``steal``, kept by the hypervisor when the host is oversubscribed."""
+    """:func:`run_wrk`, its result completed with ``cpu_ms_per_req``, the server's CPU time (master
+    and workers, user + system) per completed request, which CPU taken by others changes much less
+    than req/s; and with the shares of the machine's CPUs that others took meanwhile, which lower
+    and scatter the figures: ``other_cpu``, used by processes other than the server and wrk, and
+    ``steal``, kept by the hypervisor when the host is oversubscribed."""
     began = time.monotonic()
     used, stolen = machine_cpu_seconds()
-    ours = server.cpu_seconds() + children_cpu_seconds()
+    server_cpu, wrk_cpu = server.cpu_seconds(), children_cpu_seconds()
     result = run_wrk(wrk, server.url, scenario, facts, run, duration)
     used_after, stolen_after = machine_cpu_seconds()
-    ours = server.cpu_seconds() + children_cpu_seconds() - ours
+    server_cpu = server.cpu_seconds() - server_cpu
+    wrk_cpu = children_cpu_seconds() - wrk_cpu
     capacity = (time.monotonic() - began) * (os.cpu_count() or 1)
-    result["other_cpu"] = max(0.0, used_after - used - ours) / capacity
+    result["cpu_ms_per_req"] = server_cpu * 1000 / result["requests"] if result["requests"] else None
+    result["other_cpu"] = max(0.0, used_after - used - server_cpu - wrk_cpu) / capacity
     result["steal"] = (stolen_after - stolen) / capacity
     return result
 
 
 def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The medians of req/s, p50 and p99 over ``runs``, the totals of statuses and errors, and the
-    largest share of the CPUs that others took in a run."""
+    """The medians of req/s, p50, p99 and the server's CPU ms per request over ``runs``, the totals
+    of statuses and errors, and the largest share of the CPUs that others took in a run."""
     statuses: Counter[int] = Counter()
     for run in runs:
         statuses.update(run["statuses"])
+    cpu_ms = [run["cpu_ms_per_req"] for run in runs if run["cpu_ms_per_req"] is not None]
     return {
         "scenario": name,
         "req_per_s": statistics.median(run["req_per_s"] for run in runs),
         "p50_ms": statistics.median(run["p50_ms"] for run in runs),
         "p99_ms": statistics.median(run["p99_ms"] for run in runs),
+        "cpu_ms_per_req": statistics.median(cpu_ms) if cpu_ms else None,
         "non_2xx": sum(run["non_2xx"] for run in runs),
         "socket_errors": sum(run["socket_errors"] for run in runs),
         "disturbed_cpu": max(run["other_cpu"] + run["steal"] for run in runs),
@@ -585,8 +599,9 @@ def scenario_warnings(rows: list[dict[str, Any]]) -> list[str]:
 def format_row(row: dict[str, Any]) -> str:
     """One scenario as a markdown table row."""
     flag = " ⚠" if row["non_2xx"] or row["socket_errors"] else ""
+    cpu_ms = "–" if row["cpu_ms_per_req"] is None else f"{row['cpu_ms_per_req']:.3f}"
     return (
-        f"| {row['scenario']} | {row['req_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
+        f"| {row['scenario']} | {row['req_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {cpu_ms} "
         f"| {row['non_2xx']}{flag} | {row['socket_errors']} |"
     )
 
@@ -604,8 +619,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"genre+author: {facts['genre']!r} + {facts['author']!r} ({facts['genre_author_matches']} books); "
         f"q search: {facts['word']!r} ({facts['word_matches']} books).",
         "",
-        "| scenario | req/s | p50 ms | p99 ms | non-2xx | socket errors |",
-        "|---|--:|--:|--:|--:|--:|",
+        "| scenario | req/s | p50 ms | p99 ms | cpu ms/req | non-2xx | socket errors |",
+        "|---|--:|--:|--:|--:|--:|--:|",
         *(format_row(row) for row in result["scenarios"]),
     ]
     if result["warnings"]:

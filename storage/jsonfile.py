@@ -130,16 +130,19 @@ class JsonStore(Store):
 
     def raw_events_since(self, since: int, limit: int) -> tuple[list[bytes], int]:
         """Like :meth:`events_since`, but each event already encoded as JSON bytes."""
-        snap = self.snapshot()
+        self.snapshot()
         with self._mutex:
-            if since < self._floor or since > snap.seq:
+            # Read seq and events together: another thread may take in more while we look.
+            current = self._snap.seq
+            if since < self._floor or since > current:
                 raise JournalTruncatedError(
-                    f"The journal holds changes after seq {self._floor} up to {snap.seq}, not since {since}"
+                    f"The journal holds the changes after seq {self._floor} up to {current}, not those "
+                    f"after {since}; reload the catalogue and follow on from its ETag"
                 )
             start = bisect.bisect_right(self._event_seqs, since)
-            chosen = self._event_bytes[start : start + limit]
-            more = start + limit < len(self._event_seqs)
-            last = self._event_seqs[start + limit - 1] if more else snap.seq
+            end = bisect.bisect_right(self._event_seqs, current)
+            chosen = self._event_bytes[start : min(start + limit, end)]
+            last = self._event_seqs[start + limit - 1] if start + limit < end else current
         return chosen, last
 
     def changes_between(self, since: int, until: int) -> list[tuple[int, Change]] | None:

@@ -66,7 +66,9 @@ def gunicorn_server(data_dir: Path, workers: int = 2, **env: str) -> Iterator[in
         **env,
     }
     command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "library_api:create_app()"]
-    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log_path = Path(data_dir).parent / f"gunicorn-{port}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - a file, not a pipe: a full pipe would stall the server
+    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until_healthy(port, process)
         yield port
@@ -77,4 +79,4 @@ def gunicorn_server(data_dir: Path, workers: int = 2, **env: str) -> Iterator[in
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        process.stderr.close()
+        log.close()

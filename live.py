@@ -1,0 +1,99 @@
+"""Following the journal for live clients: one watcher thread per worker, many waiting connections.
+
+Every worker process runs one :class:`Feed`. Its thread looks at the store every ``interval``
+seconds (a few ``stat`` calls, see :meth:`storage.JsonStore.snapshot`) and wakes the connections
+waiting on it when the journal's sequence number moves, whichever process made the change. The
+connections then read what they missed from the store's journal, so every client of every worker
+gets the same events, in ``seq`` order.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any
+
+from storage import Store
+
+log = logging.getLogger("library_api.live")
+
+
+class Feed:
+    """Wakes waiting connections when the store's journal moves on.
+
+    :param store: the store to watch.
+    :param max_connections: how many connections may wait at once (each holds a server thread).
+    :param interval: seconds between two looks at the store.
+    """
+
+    def __init__(self, store: Store, max_connections: int, interval: float = 0.05) -> None:
+        self.store = store
+        self.max_connections = max_connections
+        self.interval = interval
+        self._seq = -1
+        self._connections = 0
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def acquire(self) -> bool:
+        """Take a connection slot; False when all are taken."""
+        with self._changed:
+            if self._connections >= self.max_connections:
+                return False
+            self._connections += 1
+            if self._thread is None:
+                self._seq = self.store.snapshot().seq
+                self._thread = threading.Thread(target=self._watch, name="library-feed", daemon=True)
+                self._thread.start()
+            return True
+
+    def release(self) -> None:
+        """Give a connection slot back."""
+        with self._changed:
+            self._connections -= 1
+
+    @property
+    def connections(self) -> int:
+        return self._connections
+
+    def wait_beyond(self, seq: int, timeout: float) -> int:
+        """Wait until the journal is past ``seq`` (or ``timeout`` seconds); return its seq."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._seq > seq or self._stopped.is_set(), timeout)
+            return self._seq
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                seq = self.store.snapshot().seq
+            except Exception:  # a broken data file is logged by the store; keep watching
+                log.exception("the live feed could not read the store")
+                continue
+            if seq != self._seq:
+                with self._changed:
+                    self._seq = seq
+                    self._changed.notify_all()
+
+
+class LockedSocket:
+    """A socket whose sends hold a lock and send everything: a websocket connection's frames are
+    sent both by its handler and by the websocket library's own thread (pings, pongs, close)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
