@@ -350,7 +350,7 @@ def list_changes() -> Response:
     """Catalogue changes after ``since``, oldest first: the polling form of the websocket."""
     args = changes_query_schema.load(request.args.to_dict())
     events, last_seq = store().raw_events_since(args["since"], args["limit"])
-    body = b'{"changes":[' + b",".join(events) + b'],"last_seq":' + str(last_seq).encode() + b"}"
+    body = b'{"changes":[' + b",".join(data for _, data in events) + b'],"last_seq":' + str(last_seq).encode() + b"}"
     return json_response(body, **{"Cache-Control": "no-cache"})
 
 
@@ -361,19 +361,28 @@ def live_updates(ws: Any) -> None:
     ws.sock = live.LockedSocket(ws.sock)
     feed: live.Feed = current_app.extensions["library_feed"]
     since = request.args.get("since", type=int)
+    if since is not None:
+        try:
+            store().raw_events_since(since, 1)  # can the journal answer from there?
+        except JournalTruncatedError:
+            since = None
     last = send_catalogue(ws) if since is None else since
     while ws.connected:
-        try:
-            events, next_seq = store().raw_events_since(last, 500)
-        except JournalTruncatedError:  # the client was away longer than the journal remembers
-            last = send_catalogue(ws)
-            continue
+        shared = feed.events_after(last)
+        if shared is not None:
+            events, last = shared
+        else:  # further back than the worker keeps: read the journal
+            try:
+                found, last = store().raw_events_since(last, 500)
+            except JournalTruncatedError:  # the client was away longer than the journal remembers
+                last = send_catalogue(ws)
+                continue
+            events = [data for _, data in found]
         for event in events:
             ws.send(event.decode())
-        last = next_seq
         while ws.receive(timeout=0) is not None:
             pass
-        if len(events) < 500:
+        if shared is not None:
             feed.wait_beyond(last, timeout=1.0)
 
 

@@ -9,14 +9,16 @@ gets the same events, in ``seq`` order.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import socket
 import threading
 from typing import Any
 
-from storage import Store
+from storage import JournalTruncatedError, Store
 
 log = logging.getLogger("library_api.live")
+WINDOW = 2000  # events kept in memory per worker for the connections to share
 
 
 class Feed:
@@ -32,6 +34,9 @@ class Feed:
         self.max_connections = max_connections
         self.interval = interval
         self._seq = -1
+        # The events of the recent past, fetched once per change and shared by every connection.
+        self._window: list[tuple[int, bytes]] = []
+        self._window_start = 0
         self._connections = 0
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -44,7 +49,7 @@ class Feed:
                 return False
             self._connections += 1
             if self._thread is None:
-                self._seq = self.store.snapshot().seq
+                self._seq = self._window_start = self.store.snapshot().seq
                 self._thread = threading.Thread(target=self._watch, name="library-feed", daemon=True)
                 self._thread.start()
             return True
@@ -57,6 +62,17 @@ class Feed:
     @property
     def connections(self) -> int:
         return self._connections
+
+    def events_after(self, seq: int) -> tuple[list[bytes], int] | None:
+        """The events after ``seq`` that this feed has seen, and the seq they lead up to; None when
+        ``seq`` is older than what it keeps (ask the store then)."""
+        with self._changed:
+            if seq < self._window_start:
+                return None
+            if seq >= self._seq:
+                return [], seq
+            start = bisect.bisect_right(self._window, seq, key=lambda item: item[0])
+            return [data for _, data in self._window[start:]], self._seq
 
     def wait_beyond(self, seq: int, timeout: float) -> int:
         """Wait until the journal is past ``seq`` (or ``timeout`` seconds); return its seq."""
@@ -77,9 +93,22 @@ class Feed:
                 log.exception("the live feed could not read the store")
                 continue
             if seq != self._seq:
-                with self._changed:
-                    self._seq = seq
-                    self._changed.notify_all()
+                self._take_in()
+
+    def _take_in(self) -> None:
+        try:
+            events, last = self.store.raw_events_since(self._seq, WINDOW)
+        except JournalTruncatedError:  # the journal started again: keep nothing from before
+            events, last = [], self.store.snapshot().seq
+            with self._changed:
+                self._window, self._window_start = [], last
+        with self._changed:
+            self._window.extend(events)
+            if len(self._window) > WINDOW:
+                del self._window[: len(self._window) - WINDOW]
+                self._window_start = self._window[0][0] - 1
+            self._seq = last
+            self._changed.notify_all()
 
 
 class LockedSocket:

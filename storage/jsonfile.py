@@ -126,10 +126,10 @@ class JsonStore(Store):
 
     def events_since(self, since: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         raw, last = self.raw_events_since(since, limit)
-        return [orjson.loads(item) for item in raw], last
+        return [orjson.loads(item) for _, item in raw], last
 
-    def raw_events_since(self, since: int, limit: int) -> tuple[list[bytes], int]:
-        """Like :meth:`events_since`, but each event already encoded as JSON bytes."""
+    def raw_events_since(self, since: int, limit: int) -> tuple[list[tuple[int, bytes]], int]:
+        """Like :meth:`events_since`, but each event as its seq and its JSON bytes."""
         self.snapshot()
         with self._mutex:
             # Read seq and events together: another thread may take in more while we look.
@@ -141,7 +141,8 @@ class JsonStore(Store):
                 )
             start = bisect.bisect_right(self._event_seqs, since)
             end = bisect.bisect_right(self._event_seqs, current)
-            chosen = self._event_bytes[start : min(start + limit, end)]
+            stop = min(start + limit, end)
+            chosen = list(zip(self._event_seqs[start:stop], self._event_bytes[start:stop], strict=True))
             last = self._event_seqs[start + limit - 1] if start + limit < end else current
         return chosen, last
 
