@@ -25,7 +25,7 @@ WRITERS, WRITES = 8, 250
 
 def _insert_many(args: tuple[str, int]) -> list[int]:
     directory, writer = args
-    store = JsonStore(directory, ("books",))
+    store = JsonStore(directory, ("books",), lock_timeout=120)  # a slow shared disk must not fail the count
     return [store.update(lambda txn, i=i: txn.insert("books", {"title": f"{writer}-{i}"}))["id"] for i in range(WRITES)]
 
 
@@ -53,7 +53,7 @@ def _post_many(args: tuple[int, int]) -> list[tuple[int, int]]:
 
 
 def test_writers_through_gunicorn_with_three_workers_lose_nothing(tmp_path):
-    with gunicorn_server(tmp_path / "data", workers=3) as port:
+    with gunicorn_server(tmp_path / "data", workers=3, LIBRARY_LOCK_TIMEOUT="120") as port:
         with multiprocessing.get_context("fork").Pool(WRITERS) as pool:
             results = [r for chunk in pool.map(_post_many, [(port, w) for w in range(WRITERS)]) for r in chunk]
         _, listed = get_json(port, "/books?limit=1")
