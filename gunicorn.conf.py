@@ -6,6 +6,7 @@ websocket holds one thread for as long as it is open.
 """
 
 import os
+import signal
 
 from dotenv import load_dotenv
 
@@ -26,3 +27,18 @@ preload_app = False
 control_socket_disable = True
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
+
+
+def post_worker_init(worker):
+    """On SIGTERM, close this worker's live websockets at once instead of holding the shutdown for
+    the whole graceful timeout: clients reconnect (with ?since=) to whichever worker is up."""
+    feed = getattr(worker.wsgi, "extensions", {}).get("library_feed")
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def stop(signum, frame):
+        if feed is not None:
+            feed.stop()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, stop)

@@ -367,7 +367,7 @@ def live_updates(ws: Any) -> None:
         except JournalTruncatedError:
             since = None
     last = send_catalogue(ws) if since is None else since
-    while ws.connected:
+    while ws.connected and not feed.stopped:
         shared = feed.events_after(last)
         if shared is not None:
             events, last = shared

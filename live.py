@@ -80,6 +80,11 @@ class Feed:
             self._changed.wait_for(lambda: self._seq > seq or self._stopped.is_set(), timeout)
             return self._seq
 
+    @property
+    def stopped(self) -> bool:
+        """Whether the worker is shutting down (connections should end)."""
+        return self._stopped.is_set()
+
     def stop(self) -> None:
         self._stopped.set()
         with self._changed:

@@ -16,6 +16,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+running: dict[int, subprocess.Popen] = {}
+"""The gunicorn master of each server started by :func:`gunicorn_server`, by port."""
+
+
 def get_json(port: int, path: str) -> tuple[int, object]:
     """One GET on its own connection: status and parsed body."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -69,10 +73,12 @@ def gunicorn_server(data_dir: Path, workers: int = 2, **env: str) -> Iterator[in
     log_path = Path(data_dir).parent / f"gunicorn-{port}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - a file, not a pipe: a full pipe would stall the server
     process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    running[port] = process
     try:
         wait_until_healthy(port, process)
         yield port
     finally:
+        running.pop(port, None)
         process.terminate()
         try:
             process.wait(timeout=20)

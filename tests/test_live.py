@@ -21,7 +21,7 @@ from websockets.sync.client import connect
 import catalogue
 from storage import JsonStore
 from tests.conftest import BOOK, assert_problem
-from tests.servers import get_json, gunicorn_server
+from tests.servers import get_json, gunicorn_server, running
 
 PUBLIC_BOOK_FIELDS = set(catalogue.PUBLIC_ORDER)
 
@@ -289,3 +289,21 @@ def test_an_allowed_origin_can_read_and_poll_with_the_etag(data_dir):
     )
     assert preflight.headers["Access-Control-Allow-Origin"] == "https://club.example"
     assert "if-match" in preflight.headers["Access-Control-Allow-Headers"].lower()
+
+
+def test_stopping_the_server_closes_live_connections_at_once(tmp_path):
+    """A deploy restarts workers: open websockets must not hold the shutdown for its full
+    graceful timeout (10 s); they are closed and the client reconnects elsewhere."""
+    with gunicorn_server(tmp_path / "data", workers=2) as port:
+        listeners = [Listener(port) for _ in range(2)]
+        for listener in listeners:
+            listener.wait_for(1)
+        master = running[port].pid
+        started = time.monotonic()
+        os.kill(master, signal.SIGTERM)
+        for listener in listeners:
+            listener._thread.join(timeout=8)
+            assert not listener._thread.is_alive(), "the connection was not closed"
+        assert time.monotonic() - started < 8
+        for listener in listeners:
+            listener.close()
