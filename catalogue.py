@@ -324,6 +324,7 @@ class WriterIndex:
     def __init__(self) -> None:
         self.seq = -1  # -1: rebuild before use
         self.mutations = 0
+        self.failed_commits = 0
         self.by_isbn: dict[str, set[int]] = {}
         self.by_tay: dict[tuple[str, str, int | None], set[int]] = {}
 
@@ -331,6 +332,9 @@ class WriterIndex:
         """Bring the index up to ``txn`` (its snapshot, plus what earlier updaters of the same
         commit changed, which they applied here themselves). Without a store, rebuild it."""
         seq = txn.snapshot.seq
+        failed = getattr(store, "failed_commits", 0)
+        if failed != self.failed_commits:  # a batch that changed this index was not committed
+            self.seq, self.failed_commits = -1, failed
         if self.seq == seq and store is not None:
             return
         changes = store.changes_between(self.seq, seq) if self.seq >= 0 and store is not None else None

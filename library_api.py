@@ -252,10 +252,12 @@ def conditional(body: bytes, etag: str) -> Response:
     return response
 
 
-def book_response(book_id: int, status: int = 200, **headers: str) -> Response:
-    current = view()
-    response = json_response(current.encoded(book_id), status, **headers)
-    response.headers["ETag"] = current.etag(book_id)
+def book_response(book: dict[str, Any], status: int = 200, **headers: str) -> Response:
+    """The answer to a write: the record as this request stored it (even if another request has
+    changed or deleted it since), with its status now."""
+    body = orjson.dumps(catalogue.public_book(book, *view().status(book["id"])))
+    response = json_response(body, status, **headers)
+    response.headers["ETag"] = catalogue.etag_of(body)
     return response
 
 
@@ -296,8 +298,8 @@ def create_book() -> Response:
     data = book_schema.load(json_body())
     book, outcome = write_books(lambda txn: catalogue.upsert_book(txn, writer_index(), data, catalogue.utcnow()))
     if outcome == "created":
-        return book_response(book["id"], 201, Location=url_for("api.get_book", book_id=book["id"]))
-    return book_response(book["id"])
+        return book_response(book, 201, Location=url_for("api.get_book", book_id=book["id"]))
+    return book_response(book)
 
 
 @api.get("/books/<id:book_id>")
@@ -316,8 +318,10 @@ def get_book(book_id: int) -> Response:
 def replace_book(book_id: int) -> Response:
     """Replace a book: fields left out are cleared."""
     data = book_schema.load(json_body())
-    write_books(lambda txn: catalogue.replace_book(txn, writer_index(), book_id, data, catalogue.utcnow(), if_match()))
-    return book_response(book_id)
+    book = write_books(
+        lambda txn: catalogue.replace_book(txn, writer_index(), book_id, data, catalogue.utcnow(), if_match())
+    )
+    return book_response(book)
 
 
 @api.patch("/books/<id:book_id>")
@@ -325,8 +329,10 @@ def replace_book(book_id: int) -> Response:
 def update_book(book_id: int) -> Response:
     """Change some fields of a book."""
     data = book_patch_schema.load(json_body())
-    write_books(lambda txn: catalogue.patch_book(txn, writer_index(), book_id, data, catalogue.utcnow(), if_match()))
-    return book_response(book_id)
+    book = write_books(
+        lambda txn: catalogue.patch_book(txn, writer_index(), book_id, data, catalogue.utcnow(), if_match())
+    )
+    return book_response(book)
 
 
 @api.delete("/books/<id:book_id>")

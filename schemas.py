@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates
 
 from catalogue import SORT_FIELDS, STATUSES, normalize_isbn
 
@@ -129,6 +129,13 @@ class BookQuerySchema(Schema):
     publication_year = fields.Integer()
     status = fields.String(validate=validate.OneOf(STATUSES, error="Must be one of: {choices}."))
     q = fields.String(metadata={"description": "Words that must all appear in the title, author or ISBN."})
+
+    @pre_load
+    def fold_status(self, data: Any, **kwargs: Any) -> Any:
+        """Filters are case-insensitive, ``status`` too."""
+        if isinstance(data, dict) and isinstance(data.get("status"), str):
+            data = {**data, "status": data["status"].lower()}
+        return data
 
 
 class ChangesQuerySchema(Schema):

@@ -97,6 +97,7 @@ class JsonStore(Store):
         self._mutex = threading.RLock()  # one thread of this process at a time past this point
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
+        self.failed_commits = 0  # callers that keep state in step with commits compare this
         self.directory.mkdir(parents=True, exist_ok=True)
         self._filelock = FileLock(self.directory / LOCK_NAME, thread_local=False)
         self._snap = Snapshot(0, {})
@@ -209,6 +210,7 @@ class JsonStore(Store):
                 if changes:
                     self._commit(changes, {name: base.next_id(name) for name in self.collections})
         except BaseException as exc:  # nothing was committed: every updater in the batch fails
+            self.failed_commits += 1
             for item in batch:
                 if item.error is None:
                     item.error = exc
@@ -373,15 +375,20 @@ class JsonStore(Store):
 
     def _sync(self, locked: bool) -> bool:
         """Catch up with the disk. Returns False when that needs the lock and ``locked`` is False."""
-        st = os.stat(self.journal_path)
-        if st.st_ino != self._jkey[0] or st.st_size < self._joffset:
-            # The journal was compacted or started again by another process.
-            if not self._follow_new_journal(locked):
-                return False
-        elif st.st_size > self._joffset:
-            with open(self.journal_path, "rb") as fh:
+        # Open first and stat what was opened: the path may be replaced (compaction) at any moment.
+        with open(self.journal_path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            replaced = st.st_ino != self._jkey[0] or st.st_size < self._joffset
+            if replaced:
+                whole = fh.read()
+            elif st.st_size > self._joffset:
                 fh.seek(self._joffset)
                 data = fh.read(st.st_size - self._joffset)
+        if replaced:
+            # The journal was compacted or started again by another process.
+            if not self._follow_new_journal(locked, whole, st):
+                return False
+        elif st.st_size > self._joffset:
             parsed = journal.parse(data, self.journal_path, self._jline + 1, at_start=False)
             for commit in parsed.commits:
                 self._apply_commit(commit)
@@ -407,8 +414,7 @@ class JsonStore(Store):
             self._take_in(name, now)
         return True
 
-    def _follow_new_journal(self, locked: bool) -> bool:
-        data = self.journal_path.read_bytes()
+    def _follow_new_journal(self, locked: bool, data: bytes, jstat: os.stat_result) -> bool:
         parsed = journal.parse(data, self.journal_path, 1, at_start=True)
         floor = parsed.floor or 0
         if floor > self._snap.seq:
@@ -426,10 +432,9 @@ class JsonStore(Store):
                     self._previous[name], self._expected[name] = self._expected[name], st
             self._remember_events([(ln["seq"], ln.get("event")) for ln in commit.lines])
             self._remember_changes(None, commit.seq)
-        st = os.stat(self.journal_path)
         self._joffset = parsed.consumed
         self._jline = parsed.lines
-        self._jkey = (st.st_ino, st.st_size if parsed.consumed == len(data) else -1)
+        self._jkey = (jstat.st_ino, jstat.st_size if parsed.consumed == len(data) else -1)
         return True
 
     def _apply_commit(self, commit: journal.Commit) -> None:
@@ -557,7 +562,10 @@ class JsonStore(Store):
         self._remember_events([(s, e) for (s, _), e in zip(numbered, events, strict=True)])
         self._remember_changes(numbered, seq)
         if self._journal_changes > 2 * self._journal_keep:
-            self._compact()
+            try:
+                self._compact()
+            except OSError:  # the commit stands; compaction is tried again after the next one
+                log.exception("%s: could not compact the journal", self.journal_path)
 
     def _after_own_append(self) -> None:
         st = os.stat(self.journal_path)

@@ -548,3 +548,9 @@ def test_filters_combine_with_q_sort_and_pagination(client):
     assert [b["publication_year"] for b in last["books"]] == [1990]
     none = listing(client, "genre=science&q=saga")
     assert (none["total"], none["pages"], none["books"]) == (0, 0, [])
+
+
+def test_the_status_filter_is_case_insensitive_too(client, book):
+    response = client.get("/books?status=Available")
+    assert response.status_code == 200
+    assert [b["id"] for b in response.get_json()["books"]] == [book["id"]]
