@@ -486,7 +486,7 @@ class JsonStore(Store):
     def _take_in(self, name: str, now: FileStat | None) -> None:
         """A collection file is not what the journal says was written. Lock held."""
         current = self._snap.tables[name]
-        if now == self._previous[name] or (now is None and self._expected[name] is None):
+        if now == self._previous[name]:
             # A writer committed and then died before its rename: write what it committed.
             stat = self._write_file(current)
             self._previous[name], self._expected[name] = self._expected[name], stat
