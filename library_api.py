@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,24 @@ from flask.json.provider import JSONProvider
 from flask_cors import CORS
 from flask_sock import Sock
 from marshmallow import ValidationError
-from werkzeug.exceptions import BadRequest, HTTPException, NotFound, ServiceUnavailable, UnsupportedMediaType
+from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import (
+    BadRequest,
+    Forbidden,
+    HTTPException,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import BaseConverter
 
+import auth
 import catalogue
 import live
 import loader
+import members
 import readcache
 from catalogue import BookQuery, CatalogueView, WriterIndex
 from schemas import (
@@ -38,13 +50,25 @@ from schemas import (
     BookSchema,
     ChangesQuerySchema,
     ChangesSchema,
+    EnrolSchema,
     HealthSchema,
+    LoginSchema,
+    MemberListSchema,
+    MemberQuerySchema,
+    MemberSchema,
     MessageSchema,
     ProblemSchema,
+    RegisterSchema,
+    TokenSchema,
     book_patch_schema,
     book_query_schema,
     book_schema,
     changes_query_schema,
+    enrol_schema,
+    login_schema,
+    member_patch_schema,
+    member_query_schema,
+    register_schema,
 )
 from storage import (
     ConflictError,
@@ -87,6 +111,13 @@ SETTINGS = (
     Setting("CORS_ORIGINS", "", 'Other origins whose pages may use the API: comma-separated, or "*".'),
     Setting("WS_MAX_CONNECTIONS", 24, "Live websocket clients per worker; keep it below GUNICORN_THREADS."),
     Setting("WS_PING_SECONDS", 25, "Seconds between keep-alive pings; a client silent for two is dropped."),
+    Setting(
+        "SECRET_KEY",
+        "",
+        "Signs sign-in tokens; at least 32 bytes. Empty: one is generated into the data directory "
+        "(secret.key) and shared by every worker.",
+    ),
+    Setting("TOKEN_TTL", 86400, "Seconds a sign-in token stays valid."),
 )
 """Every setting: ``LIBRARY_<NAME>`` in the environment (or ``.env``), ``<NAME>`` in app.config."""
 
@@ -180,6 +211,14 @@ def handle_storage_error(exc: StorageError) -> Response:
     return problem(status, str(exc), headers=headers)
 
 
+def handle_permission_denied(exc: members.PermissionDenied) -> Response:
+    return problem(403, str(exc))
+
+
+def handle_locked_out(exc: auth.LockedOut) -> Response:
+    return problem(429, str(exc), headers=[("Retry-After", str(exc.retry_after))])
+
+
 def handle_unexpected_error(exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.path)
     return problem(500, "Something went wrong on the server; the error was logged")
@@ -190,6 +229,8 @@ def register_errors(app: Flask) -> None:
     app.register_error_handler(ServiceUnavailable, retry_later)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(StorageError, handle_storage_error)
+    app.register_error_handler(members.PermissionDenied, handle_permission_denied)
+    app.register_error_handler(auth.LockedOut, handle_locked_out)
     app.register_error_handler(Exception, handle_unexpected_error)
 
 
@@ -276,6 +317,51 @@ def documented(**doc: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]
     return attach
 
 
+def now() -> datetime:
+    """The current time; tests set ``CLOCK`` in the config to control it."""
+    clock = current_app.config.get("CLOCK")
+    return clock() if clock is not None else datetime.now(UTC)
+
+
+def stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- sign-in -------------------------------------------------------------------------------------------
+
+ROLE_NAMES = {"member": "signed-in members", "librarian": "librarians and admins", "admin": "admins"}
+
+
+def unauthorized(detail: str, invalid_token: bool = False) -> Unauthorized:
+    params = {"realm": "library_api", **({"error": "invalid_token"} if invalid_token else {})}
+    return Unauthorized(detail, www_authenticate=WWWAuthenticate("bearer", params))
+
+
+def signed_in(role: str = "member") -> dict[str, Any]:
+    """The member the request's bearer token signs in, as the store has them now.
+
+    :raises Unauthorized: without a token, or with one that is forged, expired, for a member who
+        is gone, or issued before their role changed.
+    :raises Forbidden: when their role is below ``role``.
+    """
+    header = request.headers.get("Authorization")
+    if not header:
+        raise unauthorized("Sign in first: send Authorization: Bearer <token> from POST /auth/login")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized("Send the token as Authorization: Bearer <token>", invalid_token=True)
+    try:
+        claims = auth.read_token(current_app.extensions["library_secret"], token.strip())
+    except auth.TokenError as exc:
+        raise unauthorized(str(exc), invalid_token=True) from None
+    member = store().snapshot().get("members", claims.member_id)
+    if member is None or member.get("token_version", 0) != claims.version:
+        raise unauthorized("The token is no longer valid; sign in again", invalid_token=True)
+    if not members.at_least(member, role):
+        raise Forbidden(f"Only {ROLE_NAMES[role]} can do this")
+    return member
+
+
 # -- routes: books -----------------------------------------------------------------------------------
 
 api = Blueprint("api", __name__)
@@ -292,9 +378,10 @@ def list_books() -> Response:
 
 
 @api.post("/books")
-@documented(body=BookSchema, response=BookSchema, status=201, errors=(400, 409, 415, 422))
+@documented(body=BookSchema, response=BookSchema, status=201, errors=(400, 409, 415, 422), auth="librarian")
 def create_book() -> Response:
     """Add a book, or update the one with the same ISBN or title, author and year (200)."""
+    signed_in("librarian")
     data = book_schema.load(json_body())
     book, outcome = write_books(lambda txn: catalogue.upsert_book(txn, writer_index(), data, catalogue.utcnow()))
     if outcome == "created":
@@ -314,9 +401,10 @@ def get_book(book_id: int) -> Response:
 
 
 @api.put("/books/<id:book_id>")
-@documented(body=BookSchema, response=BookSchema, errors=(400, 404, 409, 412, 415, 422))
+@documented(body=BookSchema, response=BookSchema, errors=(400, 404, 409, 412, 415, 422), auth="librarian")
 def replace_book(book_id: int) -> Response:
     """Replace a book: fields left out are cleared."""
+    signed_in("librarian")
     data = book_schema.load(json_body())
     book = write_books(
         lambda txn: catalogue.replace_book(txn, writer_index(), book_id, data, catalogue.utcnow(), if_match())
@@ -325,9 +413,10 @@ def replace_book(book_id: int) -> Response:
 
 
 @api.patch("/books/<id:book_id>")
-@documented(body=BookSchema, partial=True, response=BookSchema, errors=(400, 404, 409, 412, 415, 422))
+@documented(body=BookSchema, partial=True, response=BookSchema, errors=(400, 404, 409, 412, 415, 422), auth="librarian")
 def update_book(book_id: int) -> Response:
     """Change some fields of a book."""
+    signed_in("librarian")
     data = book_patch_schema.load(json_body())
     book = write_books(
         lambda txn: catalogue.patch_book(txn, writer_index(), book_id, data, catalogue.utcnow(), if_match())
@@ -336,15 +425,170 @@ def update_book(book_id: int) -> Response:
 
 
 @api.delete("/books/<id:book_id>")
-@documented(response=MessageSchema, errors=(404, 409, 412))
+@documented(response=MessageSchema, errors=(404, 409, 412), auth="librarian")
 def delete_book(book_id: int) -> Response:
     """Delete a book (not while it is on loan)."""
+    signed_in("librarian")
     store().update(lambda txn: catalogue.delete_book(txn, book_id, if_match()))
     return json_response(orjson.dumps({"message": "Book deleted successfully"}))
 
 
 def if_match() -> Any:
     return request.if_match if "If-Match" in request.headers else None
+
+
+# -- routes: sign-in and members ----------------------------------------------------------------------
+
+
+@api.post("/auth/register")
+@documented(body=RegisterSchema, response=MemberSchema, status=201, errors=(400, 409, 415, 422))
+def register() -> Response:
+    """Become a member who signs in with a password (always with the role ``member``)."""
+    data = register_schema.load(json_body())
+    password_hash = auth.hash_password(data["password"])
+    member = store().update(lambda txn: members.create(txn, data, stamp(now()), password_hash))
+    return member_response(member, 201, Location=url_for("api.get_member", member_id=member["id"]))
+
+
+@api.post("/auth/login")
+@documented(body=LoginSchema, response=TokenSchema, errors=(400, 401, 415, 422, 429))
+def login() -> Response:
+    """Exchange an email and password for a bearer token. After 5 failures for one email within
+    15 minutes, every attempt for it is refused (429) for 15 minutes."""
+    data = login_schema.load(json_body())
+    secret: bytes = current_app.extensions["library_secret"]
+    key = auth.email_key(secret, data["email"])
+    attempt = store().update(lambda txn: auth.begin_attempt(txn, key, now()))
+    member_id = members.by_email(store().snapshot()).get(members.email_key(data["email"]))
+    member = store().snapshot().get("members", member_id) if member_id is not None else None
+    stored_hash = member.get("password_hash") if member is not None else None
+    if not auth.check_password(stored_hash, data["password"]):
+        raise unauthorized("The email or password is wrong")
+    rehashed = auth.hash_password(data["password"]) if auth.needs_rehash(stored_hash) else None
+
+    def reset(txn: Any) -> dict[str, Any] | None:
+        auth.succeeded(txn, attempt)
+        current = txn.get("members", member_id)
+        if current is not None and rehashed and current["password_hash"] == stored_hash:
+            current = txn.put("members", {**current, "password_hash": rehashed})
+        return current
+
+    current = store().update(reset)
+    if current is None or current.get("password_hash") not in (stored_hash, rehashed):
+        raise unauthorized("The email or password is wrong")  # deleted or changed meanwhile
+    ttl = int(current_app.config["TOKEN_TTL"])
+    token = auth.issue_token(secret, current, ttl, now())
+    body = {"access_token": token, "token_type": "bearer", "expires_in": ttl}
+    return json_response(orjson.dumps(body), **{"Cache-Control": "no-store"})
+
+
+@api.post("/members")
+@documented(body=EnrolSchema, response=MemberSchema, status=201, errors=(400, 409, 415, 422), auth="librarian")
+def enrol_member() -> Response:
+    """Enrol a member who will not sign in (a librarian lends to them)."""
+    signed_in("librarian")
+    data = enrol_schema.load(json_body())
+    member = store().update(lambda txn: members.create(txn, data, stamp(now())))
+    return member_response(member, 201, Location=url_for("api.get_member", member_id=member["id"]))
+
+
+@api.get("/members")
+@documented(query=MemberQuerySchema, response=MemberListSchema, errors=(422,), auth="librarian")
+def list_members() -> Response:
+    """List members with their open loans and the fines they owe."""
+    signed_in("librarian")
+    args = member_query_schema.load(request.args.to_dict())
+    snap = store().snapshot()
+    found = members.select(snap, args["sort_by"], args.get("role"), args.get("q"))
+    page, limit = args["page"], args["limit"]
+    shown = [member_listing(snap, record) for record in found[(page - 1) * limit : page * limit]]
+    body = {"members": shown, "total": len(found), "page": page, "limit": limit, "pages": -(-len(found) // limit)}
+    return json_response(orjson.dumps(body), **{"Cache-Control": "no-store"})
+
+
+@api.get("/members/me")
+@documented(response=MemberSchema, errors=(), auth="member")
+def get_me() -> Response:
+    """The signed-in member."""
+    me = signed_in()
+    return member_conditional(store().snapshot(), me["id"])
+
+
+@api.get("/members/<id:member_id>")
+@documented(response=MemberSchema, errors=(404,), auth="member")
+def get_member(member_id: int) -> Response:
+    """One member (yourself, or anyone for a librarian)."""
+    members.check_may_see(signed_in(), member_id)
+    snap = store().snapshot()
+    if snap.get("members", member_id) is None:
+        raise NotFound("Member not found")
+    return member_conditional(snap, member_id)
+
+
+@api.patch("/members/<id:member_id>")
+@documented(body="MemberPatch", response=MemberSchema, errors=(400, 404, 409, 412, 415, 422), auth="member")
+def update_member(member_id: int) -> Response:
+    """Change names or email (your own; a librarian's for members), or the role (admins only)."""
+    actor = signed_in()
+    data = member_patch_schema.load(json_body())
+    condition = if_match()
+
+    def change(txn: Any) -> dict[str, Any]:
+        members.check_may_see(members.actor_in(txn, actor["id"]), member_id)
+        check_member_etag(txn, member_id, condition)
+        return members.patch(txn, actor["id"], member_id, data, stamp(now()))
+
+    return member_response(store().update(change))
+
+
+@api.delete("/members/<id:member_id>")
+@documented(response=MessageSchema, errors=(404, 409, 412), auth="admin")
+def delete_member(member_id: int) -> Response:
+    """Delete a member (admins only; not while they have books on loan)."""
+    actor = signed_in("admin")
+    condition = if_match()
+
+    def remove(txn: Any) -> None:
+        members.actor_in(txn, actor["id"])
+        check_member_etag(txn, member_id, condition)
+        members.delete(txn, actor["id"], member_id)
+
+    store().update(remove)
+    return json_response(orjson.dumps({"message": "Member deleted successfully"}))
+
+
+def member_listing(snap: Any, record: dict[str, Any]) -> dict[str, Any]:
+    return members.listing(snap, record)
+
+
+def member_conditional(snap: Any, member_id: int) -> Response:
+    body = orjson.dumps(member_listing(snap, snap.get("members", member_id)))
+    response = conditional(body, catalogue.etag_of(body))
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response
+
+
+def member_response(record: dict[str, Any], status: int = 200, **headers: str) -> Response:
+    """The answer to a write: the member as this request stored them."""
+    body = orjson.dumps(member_listing(store().snapshot(), record))
+    response = json_response(body, status, **headers)
+    response.headers["ETag"] = catalogue.etag_of(body)
+    return response
+
+
+def check_member_etag(txn: Any, member_id: int, condition: Any) -> None:
+    """``If-Match`` against the member as the transaction sees them.
+
+    :raises PreconditionFailedError: when it does not match.
+    """
+    if condition is None or condition.star_tag:
+        return
+    record = txn.get("members", member_id)
+    if record is None:
+        return  # the change itself answers 404
+    body = orjson.dumps(members.listing_in(txn, record))
+    if not condition.contains(catalogue.etag_of(body).strip('"')):
+        raise PreconditionFailedError("The member changed since they were read (If-Match does not match)")
 
 
 # -- routes: live updates -----------------------------------------------------------------------------
@@ -457,6 +701,11 @@ def openapi_spec(app: Flask) -> bytes:
     spec.components.schema("Problem", schema=ProblemSchema)
     spec.components.schema("Book", schema=BookSchema)
     spec.components.schema("BookPatch", schema=book_patch_schema)
+    spec.components.schema("MemberPatch", schema=member_patch_schema)
+    spec.components.security_scheme(
+        "bearerAuth",
+        {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "A token from POST /auth/login."},
+    )
     for rule in app.url_map.iter_rules():
         view_fn = app.view_functions[rule.endpoint]
         doc = getattr(view_fn, "openapi", None)
@@ -487,14 +736,20 @@ def _operation(view_fn: Callable[..., Any], doc: dict[str, Any], params: list[di
             str(status): {"description": HTTP_STATUS_CODES[status], **({"content": content} if content else {})}
         },
     }
-    if status == 201:
+    if status == 201 and view_fn.__name__ == "create_book":
         op["responses"]["200"] = {"description": "Updated an existing book", "content": content}
     if doc.get("query"):
         op["parameters"].append({"in": "query", "schema": doc["query"]})
     if doc.get("body"):
         body = "BookPatch" if doc.get("partial") else doc["body"]
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    for code in doc.get("errors", ()):
+    errors = list(doc.get("errors", ()))
+    role = doc.get("auth")
+    if role:
+        op["security"] = [{"bearerAuth": []}]
+        op["description"] = f"Needs a bearer token: {ROLE_NAMES[role]}."
+        errors = [401, 403, *errors]
+    for code in sorted(set(errors)):
         op["responses"][str(code)] = {
             "description": HTTP_STATUS_CODES[code],
             "content": {"application/problem+json": {"schema": "Problem"}},
@@ -523,6 +778,26 @@ def load_books_command(path: Path, dry_run: bool) -> None:
         f"{prefix}created {report['created']}, updated {report['updated']}, "
         f"unchanged {report['unchanged']}, skipped {len(report['skipped'])} (of {len(rows)} rows in {path.name})"
     )
+
+
+@click.command("create-admin")
+@with_appcontext
+@click.argument("email")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="Asked for when left out.")
+def create_admin_command(email: str, password: str) -> None:
+    """Make EMAIL an admin who signs in with PASSWORD (a new member, or an existing one promoted)."""
+    try:
+        data = RegisterSchema(only=("email", "password")).load({"email": email, "password": password})
+    except ValidationError as exc:
+        raise click.ClickException(_reason(exc.messages)) from None
+    password_hash = auth.hash_password(data["password"])
+    member, created = store().update(lambda txn: members.make_admin(txn, data["email"], password_hash, utc_stamp()))
+    what = "created admin" if created else "made an admin (with the new password):"
+    click.echo(f"{what} {member['email']} (member {member['id']})")
+
+
+def utc_stamp() -> str:
+    return stamp(datetime.now(UTC))
 
 
 class DryRun(Exception):
@@ -590,7 +865,7 @@ def open_store(app: Flask) -> JsonStore:
 
     return JsonStore(
         data_dir,
-        ("books", "members", "loans"),
+        ("books", "members", "loans", "logins"),
         describe=catalogue.describe,
         initial=fill,
         lock_timeout=float(app.config["LOCK_TIMEOUT"]),
@@ -613,6 +888,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     app.extensions["library_store"] = open_store(app)
     app.extensions["library_writer_index"] = WriterIndex()
+    # Refuses (auth.SecretError) to start with a configured secret shorter than 32 bytes.
+    app.extensions["library_secret"] = auth.load_secret(
+        str(app.config["SECRET_KEY"] or ""), Path(app.extensions["library_store"].directory)
+    )
     register_errors(app)
     app.register_blueprint(api)
     library_store = app.extensions["library_store"]
@@ -640,6 +919,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         max_bytes=int(float(app.config["READ_CACHE_MB"]) * 1024 * 1024),
     )
     app.cli.add_command(load_books_command)
+    app.cli.add_command(create_admin_command)
     return app
 
 

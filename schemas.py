@@ -12,6 +12,8 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates
 
 from catalogue import SORT_FIELDS, STATUSES, normalize_isbn
+from members import ROLES
+from members import SORT_FIELDS as MEMBER_SORT_FIELDS
 
 TEXT_MAX = 500
 
@@ -183,7 +185,152 @@ class HealthSchema(Schema):
     books = fields.Integer()
 
 
+# -- members and sign-in ---------------------------------------------------------------------------
+
+NAME_LENGTH = validate.Length(min=1, max=100, error="Must be 1 to {max} characters.")
+PASSWORD_MIN, PASSWORD_MAX = 8, 1000
+
+
+class Email(fields.Email):
+    """An email address, trimmed."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, str):
+            value = value.strip()
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictSchema(Schema):
+    """Unknown fields refused; some known ones refused with a sentence saying why."""
+
+    class Meta:
+        unknown = RAISE
+        ordered = True
+
+    refused: dict[str, str] = {}
+
+    def load(self, data: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        present = [name for name in self.refused if isinstance(data, dict) and name in data]
+        if not present:
+            return super().load(data, **kwargs)
+        errors: dict[str, Any] = {name: [self.refused[name]] for name in present}
+        try:
+            super().load({k: v for k, v in data.items() if k not in present}, **kwargs)
+        except ValidationError as exc:
+            errors.update(exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages})
+        raise ValidationError(errors)
+
+
+class EnrolSchema(StrictSchema):
+    """A member enrolled by a librarian: they never sign in."""
+
+    refused = {
+        "role": "A new member is always a member; an admin can change the role afterwards.",
+        "id": "Read-only field.",
+        "created_at": "Read-only field.",
+        "updated_at": "Read-only field.",
+    }
+
+    email = Email(required=True, validate=validate.Length(max=254))
+    first_name = Text(required=True, validate=NAME_LENGTH)
+    last_name = Text(required=True, validate=NAME_LENGTH)
+
+
+class RegisterSchema(EnrolSchema):
+    """Registration: the new member signs in with ``password``."""
+
+    password = fields.String(
+        required=True,
+        load_only=True,
+        validate=validate.Length(min=PASSWORD_MIN, max=PASSWORD_MAX, error="Must be {min} to {max} characters."),
+    )
+
+
+class LoginSchema(StrictSchema):
+    email = fields.String(required=True, validate=validate.Length(max=1000))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(max=PASSWORD_MAX))
+
+
+class TokenSchema(Schema):
+    access_token = fields.String()
+    token_type = fields.String(metadata={"enum": ["bearer"]})
+    expires_in = fields.Integer(metadata={"description": "Seconds until the token expires."})
+
+
+class MemberPatchSchema(StrictSchema):
+    """What ``PATCH /members/<id>`` may change: names and email; the role (admins only)."""
+
+    refused = {
+        "password": "Passwords are not changed here.",
+        "id": "Read-only field.",
+        "created_at": "Read-only field.",
+        "updated_at": "Read-only field.",
+    }
+
+    email = Email(validate=validate.Length(max=254))
+    first_name = Text(required=True, validate=NAME_LENGTH)
+    last_name = Text(required=True, validate=NAME_LENGTH)
+    role = fields.String(validate=validate.OneOf(ROLES, error="Must be one of: {choices}."))
+
+
+class OpenLoanSchema(Schema):
+    loan_id = fields.Integer()
+    book_id = fields.Integer()
+    title = fields.String(allow_none=True)
+    due_at = fields.DateTime()
+
+
+class MemberSchema(Schema):
+    """A member, with their open loans and the fines they owe."""
+
+    class Meta:
+        ordered = True
+
+    id = fields.Integer()
+    email = fields.String()
+    first_name = fields.String()
+    last_name = fields.String()
+    role = fields.String(metadata={"enum": list(ROLES)})
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    loans = fields.List(fields.Nested(OpenLoanSchema))
+    fines_due = fields.Float()
+
+
+class MemberListSchema(Schema):
+    members = fields.List(fields.Nested(MemberSchema))
+    total = fields.Integer()
+    page = fields.Integer()
+    limit = fields.Integer()
+    pages = fields.Integer()
+
+
+MEMBER_SORT_CHOICES = [*MEMBER_SORT_FIELDS, *(f"-{f}" for f in MEMBER_SORT_FIELDS)]
+
+
+class MemberQuerySchema(Schema):
+    """The query parameters of ``GET /members``."""
+
+    class Meta:
+        unknown = RAISE
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, error="Must be 1 or more."))
+    limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100, error="Must be between 1 and 100."))
+    sort_by = fields.String(
+        load_default="id",
+        validate=validate.OneOf(MEMBER_SORT_CHOICES, error="Must be one of: {choices}."),
+        metadata={"description": "A field, or -field for descending order."},
+    )
+    role = fields.String(validate=validate.OneOf(ROLES, error="Must be one of: {choices}."))
+    q = fields.String(metadata={"description": "Words that must all appear in the name or email."})
+
+
 book_schema = BookSchema()
 book_patch_schema = BookSchema(partial=True)
 book_query_schema = BookQuerySchema()
 changes_query_schema = ChangesQuerySchema()
+enrol_schema = EnrolSchema()
+register_schema = RegisterSchema()
+login_schema = LoginSchema()
+member_patch_schema = MemberPatchSchema(partial=True)
+member_query_schema = MemberQuerySchema()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import auth  # noqa: E402
+import members  # noqa: E402
 from library_api import create_app  # noqa: E402
+
+TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 
 
 @pytest.fixture
@@ -23,7 +28,7 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def app(data_dir: Path):
     """An app whose data directory starts empty (no sample catalogue)."""
-    return create_app({"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": ""})
+    return create_app({"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET})
 
 
 @pytest.fixture
@@ -32,8 +37,36 @@ def seeded_app(data_dir: Path):
     return create_app({"TESTING": True, "DATA_DIR": str(data_dir)})
 
 
+def add_member(app, email: str, role: str = "member", password: str | None = None) -> dict[str, Any]:
+    """A member put straight into the store (no password hashing unless ``password`` is given)."""
+    password_hash = auth.hash_password(password) if password else None
+    data = {"email": email, "first_name": email.split("@")[0].title(), "last_name": "Tester"}
+    store = app.extensions["library_store"]
+    return store.update(lambda txn: members.create(txn, data, "2026-01-01T00:00:00Z", password_hash, role))
+
+
+def token_for(app, member: dict[str, Any], ttl: int = 3600) -> str:
+    return auth.issue_token(app.extensions["library_secret"], member, ttl)
+
+
+def client_as(app, role: str, email: str | None = None):
+    """A test client signed in as a new member with ``role``; the member is ``client.member``."""
+    member = add_member(app, email or f"{role}-{uuid.uuid4().hex[:8]}@example.org", role)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token_for(app, member)}"
+    client.member = member
+    return client
+
+
 @pytest.fixture
 def client(app):
+    """A librarian's client: the catalogue tests write books with it."""
+    return client_as(app, "librarian")
+
+
+@pytest.fixture
+def anon(app):
+    """Nobody signed in."""
     return app.test_client()
 
 

@@ -19,6 +19,27 @@ ROOT = Path(__file__).resolve().parent.parent
 running: dict[int, subprocess.Popen] = {}
 """The gunicorn master of each server started by :func:`gunicorn_server`, by port."""
 
+SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+COLLECTIONS = ("books", "members", "loans", "logins")
+
+librarian: dict[int, dict[str, str]] = {}
+"""Headers signing a librarian in, for each server started by :func:`gunicorn_server`, by port."""
+
+
+def sign_in_librarian(data_dir: Path) -> dict[str, str]:
+    """Put a librarian into the data directory (another process writing it, as any worker does)
+    and return the headers of a request signed in as them."""
+    import auth
+    import members
+    from storage import JsonStore
+
+    store = JsonStore(data_dir, COLLECTIONS)
+    data = {"email": f"librarian-{os.getpid()}-{time.monotonic_ns()}@example.org", "first_name": "L", "last_name": "T"}
+    member = store.update(lambda txn: members.create(txn, data, "2026-01-01T00:00:00Z", None, "librarian"))
+    store.close()
+    token = auth.issue_token(SECRET.encode(), member, 3600)
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
 
 def get_json(port: int, path: str) -> tuple[int, object]:
     """One GET on its own connection: status and parsed body."""
@@ -67,6 +88,7 @@ def gunicorn_server(data_dir: Path, workers: int = 2, **env: str) -> Iterator[in
         "PORT": str(port),
         "HOST": "127.0.0.1",
         "WEB_CONCURRENCY": str(workers),
+        "LIBRARY_SECRET_KEY": SECRET,
         **env,
     }
     command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "library_api:create_app()"]
@@ -76,9 +98,11 @@ def gunicorn_server(data_dir: Path, workers: int = 2, **env: str) -> Iterator[in
     running[port] = process
     try:
         wait_until_healthy(port, process)
+        librarian[port] = sign_in_librarian(Path(data_dir))
         yield port
     finally:
         running.pop(port, None)
+        librarian.pop(port, None)
         process.terminate()
         try:
             process.wait(timeout=20)

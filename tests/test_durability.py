@@ -18,7 +18,7 @@ import pytest
 
 from storage import JsonStore
 from tests.conftest import ROOT
-from tests.servers import get_json, gunicorn_server
+from tests.servers import get_json, gunicorn_server, librarian
 
 WRITERS, WRITES = 8, 250
 
@@ -39,13 +39,13 @@ def test_writer_processes_through_storage_lose_nothing(tmp_path):
     assert {b["title"] for b in books} == {f"{w}-{i}" for w in range(WRITERS) for i in range(WRITES)}
 
 
-def _post_many(args: tuple[int, int]) -> list[tuple[int, int]]:
-    port, writer = args
+def _post_many(args: tuple[int, int, dict[str, str]]) -> list[tuple[int, int]]:
+    port, writer, headers = args
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     results = []
     for i in range(WRITES):
         body = json.dumps({"title": f"Concurrent {writer}-{i}", "author": f"Writer {writer}"})
-        conn.request("POST", "/books", body, {"Content-Type": "application/json"})
+        conn.request("POST", "/books", body, headers)
         response = conn.getresponse()
         results.append((response.status, json.loads(response.read())["id"]))
     conn.close()
@@ -55,7 +55,8 @@ def _post_many(args: tuple[int, int]) -> list[tuple[int, int]]:
 def test_writers_through_gunicorn_with_three_workers_lose_nothing(tmp_path):
     with gunicorn_server(tmp_path / "data", workers=3, LIBRARY_LOCK_TIMEOUT="120") as port:
         with multiprocessing.get_context("fork").Pool(WRITERS) as pool:
-            results = [r for chunk in pool.map(_post_many, [(port, w) for w in range(WRITERS)]) for r in chunk]
+            jobs = [(port, w, librarian[port]) for w in range(WRITERS)]
+            results = [r for chunk in pool.map(_post_many, jobs) for r in chunk]
         _, listed = get_json(port, "/books?limit=1")
     assert [status for status, _ in results] == [201] * (WRITERS * WRITES)
     assert len({book_id for _, book_id in results}) == WRITERS * WRITES

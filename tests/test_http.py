@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BOOK, assert_problem
+from tests.conftest import BOOK, assert_problem, client_as
 
 # -- errors and media types ----------------------------------------------------------------------
 
@@ -211,7 +211,7 @@ def test_if_match_with_unknown_etag_is_412(client, book, method, kwargs):
 
 
 def test_two_librarians_editing_at_once(app, book):
-    alice, bob = app.test_client(), app.test_client()
+    alice, bob = client_as(app, "librarian"), client_as(app, "librarian")
     path = f"/books/{book['id']}"
     etag_a = alice.get(path).headers["ETag"]
     etag_b = bob.get(path).headers["ETag"]

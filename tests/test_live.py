@@ -20,8 +20,8 @@ from websockets.sync.client import connect
 
 import catalogue
 from storage import JsonStore
-from tests.conftest import BOOK, assert_problem
-from tests.servers import get_json, gunicorn_server, running
+from tests.conftest import BOOK, TEST_SECRET, assert_problem, client_as
+from tests.servers import get_json, gunicorn_server, librarian, running
 
 PUBLIC_BOOK_FIELDS = set(catalogue.PUBLIC_ORDER)
 
@@ -31,7 +31,7 @@ def post_book(port: int, title: str) -> dict[str, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         body = json.dumps({"title": title, "author": "Live Tester"})
-        conn.request("POST", "/books", body, {"Content-Type": "application/json"})
+        conn.request("POST", "/books", body, librarian[port])
         response = conn.getresponse()
         assert response.status == 201
         return json.loads(response.read())
@@ -72,7 +72,7 @@ class Listener:
 
 def store_for(data_dir: Path) -> JsonStore:
     """The data directory opened by this test process: one more writer beside the workers."""
-    return JsonStore(data_dir, ("books", "members", "loans"), describe=catalogue.describe)
+    return JsonStore(data_dir, ("books", "members", "loans", "logins"), describe=catalogue.describe)
 
 
 def test_every_client_gets_every_write_of_every_process_in_order_within_a_second(tmp_path):
@@ -127,7 +127,7 @@ def test_changes_and_the_websocket_carry_the_same_events(tmp_path):
         book = post_book(port, "Same everywhere")
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         for method, body in (("PATCH", json.dumps({"genre": "Drama"})), ("DELETE", None)):
-            conn.request(method, f"/books/{book['id']}", body, {"Content-Type": "application/json"})
+            conn.request(method, f"/books/{book['id']}", body, librarian[port])
             response = conn.getresponse()
             assert response.status == 200
             response.read()
@@ -238,9 +238,10 @@ def test_bad_changes_parameters_are_422(client, query):
 def test_a_since_older_than_the_journal_is_410(data_dir):
     from library_api import create_app
 
-    client = create_app({"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "JOURNAL_KEEP": 2}).test_client()
+    config = {"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "JOURNAL_KEEP": 2, "SECRET_KEY": TEST_SECRET}
+    client = client_as(create_app(config), "librarian")
     for i in range(8):
-        client.post("/books", json={"title": f"B{i}", "author": "A"})
+        assert client.post("/books", json={"title": f"B{i}", "author": "A"}).status_code == 201
     assert_problem(client.get("/changes?since=0"), 410)
     last = client.get("/changes?since=0&limit=1000")
     assert last.status_code == 410

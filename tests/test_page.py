@@ -20,7 +20,7 @@ import pytest
 
 import catalogue
 from storage import JsonStore
-from tests.servers import ROOT, gunicorn_server
+from tests.servers import ROOT, gunicorn_server, librarian
 
 try:
     from playwright.sync_api import Browser, Page, WebSocketRoute, expect, sync_playwright
@@ -87,7 +87,7 @@ def request(port: int, method: str, path: str, body: dict[str, Any] | None = Non
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         payload = json.dumps(body) if body is not None else None
-        conn.request(method, path, payload, {"Content-Type": "application/json"})
+        conn.request(method, path, payload, librarian[port])
         response = conn.getresponse()
         data = response.read()
         assert 200 <= response.status < 300, (method, path, response.status, data)
@@ -103,7 +103,7 @@ def create_book(port: int, title: str) -> dict[str, Any]:
 def set_loan(data_dir: Path, book_id: int, due_at: str | None) -> None:
     """Lend a book (``due_at``) or return it (None) as another process would: the API has no loan
     routes yet, so the test writes the loans file through the store, like test_live does."""
-    store = JsonStore(data_dir, ("books", "members", "loans"), describe=catalogue.describe)
+    store = JsonStore(data_dir, ("books", "members", "loans", "logins"), describe=catalogue.describe)
 
     def change(txn: Any) -> None:
         if due_at is not None:

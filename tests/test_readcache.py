@@ -6,22 +6,22 @@ from __future__ import annotations
 import pytest
 
 from library_api import create_app
-from tests.conftest import BOOK
+from tests.conftest import BOOK, TEST_SECRET, client_as
 
 
 @pytest.fixture
 def two_workers(data_dir):
-    """Two apps on one data directory, as two gunicorn workers are."""
-    config = {"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": ""}
-    return create_app(config).test_client(), create_app(config).test_client()
+    """Two apps on one data directory, as two gunicorn workers are: a reader and a librarian."""
+    config = {"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET}
+    return create_app(config).test_client(), client_as(create_app(config), "librarian")
 
 
 def titles(client, path="/books"):
     return [b["title"] for b in client.get(path).get_json()["books"]]
 
 
-def test_a_repeated_page_is_the_same_answer(client, book):
-    first, second = client.get("/books"), client.get("/books")
+def test_a_repeated_page_is_the_same_answer(anon, book):
+    first, second = anon.get("/books"), anon.get("/books")
     assert first.get_data() == second.get_data()
     assert first.headers["ETag"] == second.headers["ETag"]
 
@@ -38,7 +38,8 @@ def test_a_write_by_another_worker_is_seen_on_the_next_request(two_workers):
     assert a.get(f"/books/{book_id}").get_json()["genre"] == "Craft"
 
 
-def test_a_hand_edit_is_seen_on_the_next_request(client, book, data_dir):
+def test_a_hand_edit_is_seen_on_the_next_request(anon, book, data_dir):
+    client = anon
     assert titles(client) == [BOOK["title"]]
     path = data_dir / "books.json"
     path.write_text(path.read_text().replace("The Pragmatic Programmer", "The Pragmatic Programmer, 2nd ed."))
@@ -46,14 +47,16 @@ def test_a_hand_edit_is_seen_on_the_next_request(client, book, data_dir):
     assert client.get(f"/books/{book['id']}").get_json()["title"] == "The Pragmatic Programmer, 2nd ed."
 
 
-def test_if_none_match_on_a_kept_page_is_304(client, book):
-    etag = client.get("/books").headers["ETag"]
-    cached = client.get("/books", headers={"If-None-Match": etag})
+def test_if_none_match_on_a_kept_page_is_304(anon, book):
+    etag = anon.get("/books").headers["ETag"]
+    cached = anon.get("/books", headers={"If-None-Match": etag})
     assert cached.status_code == 304 and cached.get_data() == b""
     assert cached.headers["ETag"] == etag
 
 
 def test_the_cache_can_be_turned_off(data_dir):
-    client = create_app({"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "READ_CACHE_MB": 0}).test_client()
+    config = {"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "READ_CACHE_MB": 0}
+    config["SECRET_KEY"] = TEST_SECRET
+    client = client_as(create_app(config), "librarian")
     client.post("/books", json=BOOK)
     assert titles(client) == [BOOK["title"]]

@@ -1,0 +1,236 @@
+"""Sign-in: password hashes, the signing secret, bearer tokens and the login lockout.
+
+No Flask here. Passwords are hashed with argon2id at OWASP's recommended minimum (19 MiB of memory,
+2 passes, 1 lane: about 50 ms on a small machine, and little enough memory that a burst of sign-ins
+cannot exhaust a worker). Tokens are HS256 JWTs, and nothing but HS256 is accepted. The lockout
+lives in the store (collection ``logins``), so every worker sees the same count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import argon2
+import jwt
+
+from storage import Txn
+
+ALGORITHM = "HS256"
+MIN_SECRET_BYTES = 32
+SECRET_FILE = "secret.key"
+MAX_FAILURES = 5
+LOCKOUT = timedelta(minutes=15)
+
+hasher = argon2.PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+
+
+# -- passwords -------------------------------------------------------------------------------------
+
+
+def hash_password(password: str) -> str:
+    return hasher.hash(password)
+
+
+_dummy_hash: str | None = None
+
+
+def check_password(stored_hash: str | None, password: str) -> bool:
+    """Whether ``password`` matches ``stored_hash``. Without a hash (an unknown email, or a member
+    enrolled without a password) the same work is done against a dummy hash, so the answer takes
+    as long either way."""
+    global _dummy_hash
+    if stored_hash is None:
+        if _dummy_hash is None:
+            _dummy_hash = hasher.hash(secrets.token_hex(16))
+        stored_hash = _dummy_hash
+        real = False
+    else:
+        real = True
+    try:
+        return hasher.verify(stored_hash, password) and real
+    except argon2.exceptions.VerificationError:
+        return False
+    except argon2.exceptions.InvalidHashError:
+        return False
+
+
+def needs_rehash(stored_hash: str) -> bool:
+    try:
+        return hasher.check_needs_rehash(stored_hash)
+    except argon2.exceptions.InvalidHashError:
+        return False
+
+
+# -- the signing secret ----------------------------------------------------------------------------
+
+
+class SecretError(RuntimeError):
+    """The configured secret cannot be used."""
+
+
+def load_secret(configured: str, data_dir: Path) -> bytes:
+    """The key tokens are signed with: ``configured`` when set, else the one kept in the data
+    directory, created there by whichever process needs it first (all workers then share it).
+
+    :raises SecretError: when the configured secret is shorter than 32 bytes.
+    """
+    if configured:
+        key = configured.encode()
+        if len(key) < MIN_SECRET_BYTES:
+            raise SecretError(
+                f"LIBRARY_SECRET_KEY is {len(key)} bytes; it must be at least {MIN_SECRET_BYTES} "
+                '(python -c "import secrets; print(secrets.token_urlsafe(48))" makes one)'
+            )
+        return key
+    path = data_dir / SECRET_FILE
+    if not path.exists():
+        # Written whole under another name, then linked into place: a process that loses the race
+        # reads the winner's key, never a half-written file.
+        candidate = data_dir / f"{SECRET_FILE}.{os.getpid()}.new"
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, secrets.token_urlsafe(48).encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(candidate, path)
+        except FileExistsError:
+            pass
+        finally:
+            candidate.unlink(missing_ok=True)
+        dir_fd = os.open(data_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    key = path.read_bytes().strip()
+    if len(key) < MIN_SECRET_BYTES:
+        raise SecretError(f"{path} holds fewer than {MIN_SECRET_BYTES} bytes; delete it to have a new one made")
+    return key
+
+
+# -- tokens ----------------------------------------------------------------------------------------
+
+
+class TokenError(Exception):
+    """A bearer token that does not sign anybody in; the message says why."""
+
+
+def issue_token(secret: bytes, member: Mapping[str, Any], ttl: int, now: datetime | None = None) -> str:
+    """A signed token for ``member``, valid for ``ttl`` seconds."""
+    issued = now or datetime.now(UTC)
+    claims = {
+        "sub": str(member["id"]),
+        "ver": member.get("token_version", 0),
+        "role": member["role"],  # for the client's information only: the store's role is what counts
+        "iat": int(issued.timestamp()),
+        "exp": int((issued + timedelta(seconds=ttl)).timestamp()),
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+@dataclass(frozen=True)
+class Claims:
+    member_id: int
+    version: int
+
+
+def read_token(secret: bytes, token: str) -> Claims:
+    """The member id and token version a token carries, after checking its signature and expiry.
+
+    :raises TokenError: when the token is malformed, not HS256, signed with another key, expired,
+        or missing a claim.
+    """
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "iat", "sub", "ver"]}, leeway=0
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError("The token has expired; sign in again") from None
+    except jwt.InvalidTokenError:
+        raise TokenError("The token is not valid; sign in again") from None
+    sub, ver = claims["sub"], claims["ver"]
+    if not (isinstance(sub, str) and sub.isdigit() and isinstance(ver, int) and not isinstance(ver, bool)):
+        raise TokenError("The token is not valid; sign in again")
+    return Claims(int(sub), ver)
+
+
+# -- the lockout -----------------------------------------------------------------------------------
+
+
+class LockedOut(Exception):
+    """Too many failed sign-ins for one email; ``retry_after`` is in seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        minutes = max(1, -(-retry_after // 60))
+        super().__init__(
+            f"Too many failed sign-ins for this email; try again in {minutes} minute{'s' if minutes > 1 else ''}"
+        )
+        self.retry_after = retry_after
+
+
+def email_key(secret: bytes, email: str) -> str:
+    """What the lockout knows of an email: a keyed digest, so ``logins.json`` does not keep the
+    addresses (or the passwords people type into the email box by mistake)."""
+    folded = email.strip().lower().encode()
+    return hmac.new(secret, b"login:" + folded, hashlib.sha256).hexdigest()[:32]
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _moment(stamp: str) -> datetime:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def begin_attempt(txn: Txn, key: str, now: datetime) -> int | None:
+    """Count a sign-in attempt for ``key`` as a failure before the password is checked (so that
+    concurrent attempts cannot guess more than :data:`MAX_FAILURES` times); :func:`succeeded`
+    undoes it. Returns the id of the lockout record. Stale records of other emails are dropped.
+
+    :raises LockedOut: when the email is locked, or already has its failures in the window.
+    """
+    record = None
+    stale = []
+    for rid, rec in txn.items("logins"):
+        if rec["key"] == key:
+            record = rec
+        elif _is_stale(rec, now) and len(stale) < 100:
+            stale.append(rid)
+    for rid in stale:
+        txn.delete("logins", rid)
+    if record is not None and _is_stale(record, now):
+        txn.delete("logins", record["id"])
+        record = None
+    if record is not None and record.get("locked_until") and _moment(record["locked_until"]) > now:
+        raise LockedOut(int((_moment(record["locked_until"]) - now).total_seconds()) + 1)
+    failures = [f for f in (record or {}).get("failures", []) if _moment(f) > now - LOCKOUT]
+    failures.append(_stamp(now))
+    locked_until = _stamp(now + LOCKOUT) if len(failures) >= MAX_FAILURES else None
+    new = {"key": key, "failures": [] if locked_until else failures, "locked_until": locked_until}
+    if record is None:
+        return txn.insert("logins", new)["id"]
+    txn.put("logins", {"id": record["id"], **new})
+    return record["id"]
+
+
+def succeeded(txn: Txn, record_id: int) -> None:
+    """A sign-in succeeded before the lockout: forget the failures."""
+    if txn.get("logins", record_id) is not None:
+        txn.delete("logins", record_id)
+
+
+def _is_stale(record: Mapping[str, Any], now: datetime) -> bool:
+    if record.get("locked_until") and _moment(record["locked_until"]) > now:
+        return False
+    return not any(_moment(f) > now - LOCKOUT for f in record.get("failures", []))
