@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import secrets
 from collections.abc import Mapping
@@ -213,7 +214,7 @@ def begin_attempt(txn: Txn, key: str, now: datetime) -> int | None:
         txn.delete("logins", record["id"])
         record = None
     if record is not None and record.get("locked_until") and _moment(record["locked_until"]) > now:
-        raise LockedOut(int((_moment(record["locked_until"]) - now).total_seconds()) + 1)
+        raise LockedOut(math.ceil((_moment(record["locked_until"]) - now).total_seconds()))
     failures = [f for f in (record or {}).get("failures", []) if _moment(f) > now - LOCKOUT]
     failures.append(_stamp(now))
     locked_until = _stamp(now + LOCKOUT) if len(failures) >= MAX_FAILURES else None

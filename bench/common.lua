@@ -5,8 +5,22 @@
 --   BENCH_RESULT {"requests": ..., "duration_us": ..., "p50_us": ..., "p99_us": ...,
 --                 "errors": {...}, "statuses": {"200": ...}}
 -- Every script gets the run number as args[1] (run.py passes it), then its own arguments.
+--
+-- Writing scripts sign their requests in with signed_in(headers): run.py passes a librarian's
+-- bearer token in the environment variable BENCH_TOKEN to those scripts only, so reads stay
+-- anonymous (the server's read cache skips requests that carry Authorization).
 
 local threads = {}
+
+-- ``headers`` with Authorization: Bearer <BENCH_TOKEN> added; stops wrk when there is no token.
+function signed_in(headers)
+   local token = os.getenv("BENCH_TOKEN")
+   if token == nil or token == "" then
+      error("BENCH_TOKEN is not set: writes need a librarian's bearer token (run.py signs one in)")
+   end
+   headers["Authorization"] = "Bearer " .. token
+   return headers
+end
 
 function setup(thread)
    thread:set("thread_id", #threads)

@@ -11,7 +11,7 @@ local PUBLISHERS = {"Harbor Lane Press", "Northgate Books", "Blue Finch Publishi
 local WORDS = {"Silent", "River", "Winter", "Garden", "Lost", "Empire", "Glass", "Harbor", "Night", "Letters"}
 
 local run, genres, base, n
-local headers = {["Content-Type"] = "application/json"}
+local headers = signed_in({["Content-Type"] = "application/json"})
 
 local function isbn13(body)
    local digits = "978" .. string.format("%09d", body)

@@ -4,7 +4,9 @@ idle websocket clients one deployment holds while still answering plain requests
     python bench/live.py [--clients 100] [--writes 50] [--idle 300]
 
 The server runs as the Procfile starts it (gunicorn, 2 workers) on a 1,000-book catalogue, with
-GUNICORN_THREADS and LIBRARY_WS_MAX_CONNECTIONS raised so that --idle clients fit.
+GUNICORN_THREADS and LIBRARY_WS_MAX_CONNECTIONS raised so that --idle clients fit. The writes are
+signed in as a librarian (made with `flask create-admin`, see run.py's Server); the GETs and the
+websocket clients are anonymous.
 """
 
 from __future__ import annotations
@@ -50,12 +52,12 @@ class Client:
         self._exit.close()
 
 
-def post_book(port: int, title: str) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def post_book(server: Server, title: str) -> None:
+    """Add a book, signed in as the benchmark's librarian."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
-        conn.request(
-            "POST", "/books", json.dumps({"title": title, "author": "Live"}), {"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json", **server.authorization()}
+        conn.request("POST", "/books", json.dumps({"title": title, "author": "Live"}), headers)
         response = conn.getresponse()
         response.read()
         assert response.status == 201, response.status
@@ -110,7 +112,7 @@ def delivery(server: Server, clients: int, writes: int, processes: int = 4) -> d
     for i in range(writes):
         title = f"Delivery {i}"
         started[title] = time.monotonic()
-        post_book(server.port, title)
+        post_book(server, title)
     arrivals = [a for _ in procs for a in out.get(timeout=120)]
     for proc in procs:
         proc.join()
@@ -174,10 +176,8 @@ def main() -> int:
     d, i = result["delivery"], result["idle"]
     print(f"2 workers x {per_worker} websocket slots, {per_worker + 16} threads each")
     print(
-        print(
-            f"| write -> delivery, {d['clients']} clients x {d['writes']} writes | p50 {d['p50_ms']} ms | "
-            f"p99 {d['p99_ms']} ms | max {d['max_ms']} ms | missing {d['missing']} |"
-        )
+        f"| write -> delivery, {d['clients']} clients x {d['writes']} writes | p50 {d['p50_ms']} ms | "
+        f"p99 {d['p99_ms']} ms | max {d['max_ms']} ms | missing {d['missing']} |"
     )
     print(
         f"| idle clients held | {i['held']} of {i['asked']} asked ({i['refused']} refused with 503) | "

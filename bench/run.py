@@ -21,6 +21,7 @@ import platform
 import random
 import re
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -42,6 +44,8 @@ ROOT = BENCH_DIR.parent
 DATA_CACHE = BENCH_DIR / "data"
 RESULTS_DIR = BENCH_DIR / "results"
 GUNICORN = Path(sys.executable).parent / "gunicorn"
+BENCH_EMAIL = "bench@example.org"  # the librarian (an admin, made by `flask create-admin`) who writes
+TOKEN_VARIABLE = "BENCH_TOKEN"  # how wrk's write scripts get the bearer token (common.lua reads it)
 
 WRK_THREADS = 2
 WRK_CONNECTIONS = 8
@@ -206,7 +210,11 @@ def facts_of(path: Path) -> Facts:
 
 @dataclass(frozen=True)
 class Scenario:
-    """One wrk workload: a Lua script in bench/ and the arguments it gets after the run number."""
+    """One wrk workload: a Lua script in bench/ and the arguments it gets after the run number.
+
+    Writing scenarios are signed in (a librarian's bearer token); the others send no token, as the
+    server's read cache skips requests that carry Authorization.
+    """
 
     name: str
     script: str
@@ -308,9 +316,9 @@ LOG_PROBLEM = re.compile(r"\bERROR\b|CRITICAL|WORKER TIMEOUT|^[\w.]+(Error|Excep
 class Server:
     """gunicorn serving library_api as the Procfile starts it, on a temporary copy of a catalogue.
 
-    Use as a context manager: entering starts it and waits until it answers and every worker has
-    loaded the catalogue; leaving stops it (also on Ctrl-C or an exception) and deletes the copy
-    and the server's log.
+    Use as a context manager: entering starts it, waits until it answers and every worker has
+    loaded the catalogue, and signs in a librarian for the writes (:attr:`token`); leaving stops it
+    (also on Ctrl-C or an exception) and deletes the copy and the server's log.
     """
 
     def __init__(self, catalogue: Path, workers: int | None) -> None:
@@ -321,6 +329,8 @@ class Server:
         self.tmp: Path | None = None
         self.log_path = Path(os.devnull)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}
+        self.token = ""
         self.health: dict[str, Any] = {}
         self.startup_s = 0.0
         self.ready_s = 0.0
@@ -350,8 +360,11 @@ class Server:
         env = dict(os.environ)
         env.pop("GUNICORN_ACCESSLOG", None)
         env.update(PORT=str(self.port), HOST="127.0.0.1", LIBRARY_DATA_DIR=str(data_dir), LIBRARY_SEED_FILE="")
+        # The server and `flask create-admin` (run with this environment too) sign with this key.
+        env["LIBRARY_SECRET_KEY"] = secrets.token_urlsafe(36)
         if self.workers is not None:
             env["WEB_CONCURRENCY"] = str(self.workers)
+        self.env = env
         command = [str(GUNICORN), "--config", "gunicorn.conf.py", "library_api:create_app()"]
         with open(self.log_path, "wb") as log:
             began = time.monotonic()
@@ -364,6 +377,40 @@ class Server:
         self.startup_s = time.monotonic() - began
         self.wait_idle()
         self.ready_s = time.monotonic() - began
+        self.token = self.sign_in()
+        self.wait_idle()  # the workers take in the new member and the sign-in before anything is measured
+
+    def sign_in(self) -> str:
+        """Make a librarian as an operator does (``flask create-admin``, in the server's environment,
+        on its data directory) and sign them in with ``POST /auth/login``; returns the bearer token."""
+        password = secrets.token_urlsafe(24)
+        command = [sys.executable, "-m", "flask", "--app", "library_api", "create-admin", BENCH_EMAIL,
+                   "--password", password]  # fmt: skip
+        try:
+            made = subprocess.run(
+                command, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                timeout=STARTUP_TIMEOUT,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise ServerError(f"flask create-admin took more than {STARTUP_TIMEOUT:g} s") from None
+        if made.returncode != 0:
+            raise ServerError(f"flask create-admin failed (exit {made.returncode}):\n{made.stdout}{made.stderr}")
+        body = json.dumps({"email": BENCH_EMAIL, "password": password}).encode()
+        login = urllib.request.Request(
+            self.url + "/auth/login", data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(login, timeout=30) as answer:
+                return json.loads(answer.read())["access_token"]
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:500].decode(errors="replace")
+            raise ServerError(f"POST /auth/login answered {exc.code}: {detail}\n{self.log_tail()}") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise ServerError(f"POST /auth/login failed: {exc!r}\n{self.log_tail()}") from None
+
+    def authorization(self) -> dict[str, str]:
+        """The header that signs a write in as the benchmark's librarian."""
+        return {"Authorization": f"Bearer {self.token}"}
 
     def wait_healthy(self) -> dict[str, Any]:
         """Poll ``GET /healthz`` until it answers 200; returns its body."""
@@ -458,14 +505,23 @@ class WrkError(Exception):
     """wrk failed or did not print the result line of common.lua."""
 
 
-def run_wrk(wrk: str, url: str, scenario: Scenario, facts: Facts, run: int, duration: int) -> dict[str, Any]:
-    """One wrk run of ``scenario``; returns its req/s, latencies (ms), status counts and errors."""
+def run_wrk(
+    wrk: str, url: str, token: str, scenario: Scenario, facts: Facts, run: int, duration: int
+) -> dict[str, Any]:
+    """One wrk run of ``scenario``; returns its req/s, latencies (ms), status counts and errors.
+
+    A writing scenario gets the bearer ``token`` in the environment (``BENCH_TOKEN``); the reads run
+    without it, anonymous.
+    """
     command = [
         wrk, "--threads", str(WRK_THREADS), "--connections", str(WRK_CONNECTIONS), "--duration", f"{duration}s",
         "--timeout", WRK_TIMEOUT, "--latency", "--script", str(BENCH_DIR / scenario.script),
         url, "--", str(run), *scenario.args(facts),
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
+    env = {name: value for name, value in os.environ.items() if name != TOKEN_VARIABLE}
+    if scenario.writes:
+        env[TOKEN_VARIABLE] = token
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, env=env)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if done.returncode != 0 or line is None:
         raise WrkError(f"wrk failed (exit {done.returncode}) on {scenario.name!r}:\n{done.stdout}{done.stderr}")
@@ -492,7 +548,7 @@ def run_watched(server: Server, wrk: str, scenario: Scenario, facts: Facts, run:
     began = time.monotonic()
     used, stolen = machine_cpu_seconds()
     server_cpu, wrk_cpu = server.cpu_seconds(), children_cpu_seconds()
-    result = run_wrk(wrk, server.url, scenario, facts, run, duration)
+    result = run_wrk(wrk, server.url, server.token, scenario, facts, run, duration)
     used_after, stolen_after = machine_cpu_seconds()
     server_cpu = server.cpu_seconds() - server_cpu
     wrk_cpu = children_cpu_seconds() - wrk_cpu

@@ -2,7 +2,7 @@
 dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
 
 local count, genres
-local headers = {["Content-Type"] = "application/json"}
+local headers = signed_in({["Content-Type"] = "application/json"})
 
 function init(args)
    count = tonumber(args[2])
