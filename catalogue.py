@@ -86,6 +86,7 @@ class CatalogueView:
         self.books = snap.tables["books"].records
         self._lock = threading.Lock()
         self._open_loans: dict[int, dict[str, Any]] | None = None
+        self._kept: dict[int, dict[str, Any]] | None = None
         self._orders: dict[str, list[int]] = {}
         self._ranks: dict[str, dict[int, int]] = {}
         self._indexes: dict[str, dict[Any, set[int]]] = {}
@@ -106,11 +107,22 @@ class CatalogueView:
             self._open_loans = {loan["book_id"]: loan for loan in loans.values() if loan.get("returned_at") is None}
         return self._open_loans
 
+    @property
+    def kept(self) -> dict[int, dict[str, Any]]:
+        """Holds that keep their book for a member (status ``ready``), by book id."""
+        if self._kept is None:
+            holds = self.snap.tables.get("holds")
+            records = holds.records.values() if holds is not None else ()
+            self._kept = {hold["book_id"]: hold for hold in records if hold.get("status") == "ready"}
+        return self._kept
+
     def status(self, book_id: int) -> tuple[str, str | None]:
         """A book's status and, while it is checked out, when it is due back."""
         loan = self.open_loans.get(book_id) if self.snap.tables["loans"].records else None
         if loan is not None:
             return "checked_out", loan.get("due_at")
+        if book_id in self.kept:
+            return "on_hold", None
         return "available", None
 
     def public(self, book_id: int) -> dict[str, Any]:
@@ -172,7 +184,8 @@ class CatalogueView:
     def unavailable(self) -> dict[str, set[int]]:
         """The ids of the books that are not available, by status."""
         checked_out = {bid for bid in self.open_loans if bid in self.books}
-        return {"checked_out": checked_out}
+        on_hold = {bid for bid in self.kept if bid in self.books and bid not in checked_out}
+        return {"checked_out": checked_out, "on_hold": on_hold}
 
     def rank(self, sort_by: str) -> dict[int, int]:
         """Each book's position in :meth:`order`, to sort a few matches without walking them all."""
@@ -420,11 +433,14 @@ def patch_book(
     return _checked_change(txn, index, current, {**current, **data}, now)
 
 
-def delete_book(txn: Txn, book_id: int, if_match: Any) -> dict[str, Any]:
-    """``DELETE``; refused while the book is on loan."""
+def delete_book(txn: Txn, book_id: int, if_match: Any, now: str) -> dict[str, Any]:
+    """``DELETE``; refused while the book is on loan. Holds waiting for it are cancelled."""
     _current(txn, book_id, if_match)
-    if book_id in CatalogueView.of(txn.snapshot).open_loans:
+    if any(loan["book_id"] == book_id and loan.get("returned_at") is None for _, loan in txn.items("loans")):
         raise ConflictError("The book is on loan; it can be deleted once it is returned")
+    for _, hold in list(txn.items("holds")) if "holds" in txn.snapshot.tables else ():
+        if hold["book_id"] == book_id and hold["status"] in ("waiting", "ready"):
+            txn.put("holds", {**hold, "status": "cancelled", "closed_at": now})
     return txn.delete("books", book_id)
 
 
@@ -437,6 +453,18 @@ def _current(txn: Txn, book_id: int, if_match: Any) -> dict[str, Any]:
         if not if_match.contains(etag):
             raise PreconditionFailedError("The book changed since it was read (If-Match does not match)")
     return current
+
+
+def status_in(txn: Txn, book_id: int) -> tuple[str, str | None]:
+    """:meth:`CatalogueView.status` as the transaction sees it."""
+    for _, loan in txn.items("loans"):
+        if loan["book_id"] == book_id and loan.get("returned_at") is None:
+            return "checked_out", loan.get("due_at")
+    if "holds" in txn.snapshot.tables:
+        for _, hold in txn.items("holds"):
+            if hold["book_id"] == book_id and hold.get("status") == "ready":
+                return "on_hold", None
+    return "available", None
 
 
 def _checked_change(
@@ -509,6 +537,10 @@ def describe(changes: list[Change], after: Snapshot) -> list[dict[str, Any] | No
             for loan in (change.before, change.after):
                 if loan is not None and loan.get("book_id") in view.books:
                     last_for_book[loan["book_id"]] = i
+        elif change.collection == "holds":  # a book kept for a member, or no longer
+            for hold in (change.before, change.after):
+                if hold is not None and hold.get("status") == "ready" and hold.get("book_id") in view.books:
+                    last_for_book[hold["book_id"]] = i
     for book_id, i in last_for_book.items():
         change = changes[i]
         if book_id in view.books:

@@ -39,6 +39,7 @@ from werkzeug.routing import BaseConverter
 
 import auth
 import catalogue
+import circulation
 import live
 import loader
 import members
@@ -48,26 +49,41 @@ from schemas import (
     BookListSchema,
     BookQuerySchema,
     BookSchema,
+    BorrowSchema,
     ChangesQuerySchema,
     ChangesSchema,
     EnrolSchema,
     HealthSchema,
+    HoldListSchema,
+    HoldQuerySchema,
+    HoldRequestSchema,
+    HoldSchema,
+    LoanListSchema,
+    LoanQuerySchema,
+    LoanSchema,
     LoginSchema,
     MemberListSchema,
     MemberQuerySchema,
     MemberSchema,
     MessageSchema,
+    PaymentResultSchema,
+    PaymentSchema,
     ProblemSchema,
     RegisterSchema,
     TokenSchema,
     book_patch_schema,
     book_query_schema,
     book_schema,
+    borrow_schema,
     changes_query_schema,
     enrol_schema,
+    hold_query_schema,
+    hold_request_schema,
+    loan_query_schema,
     login_schema,
     member_patch_schema,
     member_query_schema,
+    payment_schema,
     register_schema,
 )
 from storage import (
@@ -79,6 +95,7 @@ from storage import (
     NotFoundError,
     PreconditionFailedError,
     StorageError,
+    Txn,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -118,10 +135,21 @@ SETTINGS = (
         "(secret.key) and shared by every worker.",
     ),
     Setting("TOKEN_TTL", 86400, "Seconds a sign-in token stays valid."),
+    Setting("MAX_LOANS", 5, "Books one member may have on loan at once."),
+    Setting("LOAN_DAYS", 14, "Days of a loan when the borrower does not say."),
+    Setting("MAX_LOAN_DAYS", 60, "The longest loan a borrower may ask for, in days."),
+    Setting("MAX_RENEWALS", 2, "How many times one loan may be renewed."),
+    Setting("FINE_PER_DAY", "0.50", "Fine for each UTC calendar day a book is returned late."),
+    Setting("FINE_GRACE_DAYS", 0, "Days late that cost nothing; beyond them every late day counts."),
+    Setting("MAX_FINE", "20.00", "The most one loan's fine can reach."),
+    Setting("MAX_FINES_DUE", "10.00", "A member who owes more than this cannot borrow until they pay."),
+    Setting("HOLD_DAYS", 3, "Days a returned book is kept for the first member waiting for it."),
 )
 """Every setting: ``LIBRARY_<NAME>`` in the environment (or ``.env``), ``<NAME>`` in app.config."""
 
 MAX_JSON_BYTES = 1024 * 1024
+COLLECTIONS = ("books", "members", "loans", "holds", "payments", "logins")
+"""One JSON file each in the data directory."""
 
 
 # -- JSON --------------------------------------------------------------------------------------------
@@ -429,7 +457,7 @@ def update_book(book_id: int) -> Response:
 def delete_book(book_id: int) -> Response:
     """Delete a book (not while it is on loan)."""
     signed_in("librarian")
-    store().update(lambda txn: catalogue.delete_book(txn, book_id, if_match()))
+    store().update(lambda txn: catalogue.delete_book(txn, book_id, if_match(), stamp(now())))
     return json_response(orjson.dumps({"message": "Book deleted successfully"}))
 
 
@@ -552,13 +580,15 @@ def delete_member(member_id: int) -> Response:
         members.actor_in(txn, actor["id"])
         check_member_etag(txn, member_id, condition)
         members.delete(txn, actor["id"], member_id)
+        circulation.cancel_all_holds(txn, now(), member_id=member_id)
 
     store().update(remove)
     return json_response(orjson.dumps({"message": "Member deleted successfully"}))
 
 
 def member_listing(snap: Any, record: dict[str, Any]) -> dict[str, Any]:
-    return members.listing(snap, record)
+    owed = circulation.member_fines(snap, record["id"], now(), rules())
+    return members.listing(snap, record, circulation.money(owed))
 
 
 def member_conditional(snap: Any, member_id: int) -> Response:
@@ -586,9 +616,229 @@ def check_member_etag(txn: Any, member_id: int, condition: Any) -> None:
     record = txn.get("members", member_id)
     if record is None:
         return  # the change itself answers 404
-    body = orjson.dumps(members.listing_in(txn, record))
+    owed = circulation.member_fines(txn, member_id, now(), rules())
+    body = orjson.dumps(members.listing_in(txn, record, circulation.money(owed)))
     if not condition.contains(catalogue.etag_of(body).strip('"')):
         raise PreconditionFailedError("The member changed since they were read (If-Match does not match)")
+
+
+# -- routes: loans, holds and payments -----------------------------------------------------------------
+
+
+def rules() -> circulation.Rules:
+    return current_app.extensions["library_rules"]
+
+
+def optional_json_body() -> dict[str, Any]:
+    """Like :func:`json_body`, but an empty body is an empty object."""
+    if not request.content_length and "Transfer-Encoding" not in request.headers:
+        return {}
+    return json_body()
+
+
+def paginated(name: str, items: list[Any], page: int, limit: int) -> Response:
+    body = {name: items[(page - 1) * limit : page * limit], "total": len(items), "page": page, "limit": limit}
+    body["pages"] = -(-len(items) // limit)
+    return json_response(orjson.dumps(body), **{"Cache-Control": "no-store"})
+
+
+def acting_for(actor: dict[str, Any], data: dict[str, Any], what: str) -> int:
+    """The member a request acts for: ``member_id`` (a librarian's choice) or the actor."""
+    member_id = data.get("member_id", actor["id"])
+    if member_id != actor["id"] and not members.at_least(actor, "librarian"):
+        raise Forbidden(f"Only librarians can {what} for another member")
+    return member_id
+
+
+@api.post("/books/<id:book_id>/borrow")
+@documented(body=BorrowSchema, response=LoanSchema, status=201, errors=(400, 404, 409, 415, 422), auth="member")
+def borrow_book(book_id: int) -> Response:
+    """Borrow a book: for yourself, or (librarians) for a member, possibly backdated."""
+    actor = signed_in()
+    data = borrow_schema.load(optional_json_body())
+    lending, moment = rules(), now()
+    member_id = acting_for(actor, data, "lend books")
+    days = data.get("days", lending.loan_days)
+    if not 1 <= days <= lending.max_loan_days:
+        raise ValidationError({"days": [f"Must be between 1 and {lending.max_loan_days}."]})
+    borrowed_at = data.get("borrowed_at")
+    if borrowed_at is not None:
+        if not members.at_least(actor, "librarian"):
+            raise Forbidden("Only librarians can record a loan made earlier")
+        if borrowed_at > moment:
+            raise ValidationError({"borrowed_at": ["Must not be in the future."]})
+
+    def lend(txn: Any) -> dict[str, Any]:
+        current = members.actor_in(txn, actor["id"])
+        return circulation.borrow(txn, current, book_id, member_id, days, borrowed_at, moment, lending)
+
+    loan = store().update(lend)
+    body = orjson.dumps(circulation.public_loan(loan, moment, lending))
+    return json_response(body, 201, Location=url_for("api.get_loan", loan_id=loan["id"]))
+
+
+@api.post("/books/<id:book_id>/return")
+@documented(response=LoanSchema, errors=(404, 409), auth="member")
+def return_book(book_id: int) -> Response:
+    """Return a book (its borrower, or a librarian): the loan closes with its fine."""
+    actor = signed_in()
+    lending, moment = rules(), now()
+    loan = store().update(
+        lambda txn: circulation.give_back(txn, members.actor_in(txn, actor["id"]), book_id, moment, lending)
+    )
+    return json_response(orjson.dumps(circulation.public_loan(loan, moment, lending)))
+
+
+@api.post("/loans/<id:loan_id>/renew")
+@documented(response=LoanSchema, errors=(404, 409), auth="member")
+def renew_loan(loan_id: int) -> Response:
+    """Extend a loan by its own period (not when overdue, at the limit, or someone waits)."""
+    actor = signed_in()
+    lending, moment = rules(), now()
+    loan = store().update(
+        lambda txn: circulation.renew(txn, members.actor_in(txn, actor["id"]), loan_id, moment, lending)
+    )
+    return json_response(orjson.dumps(circulation.public_loan(loan, moment, lending)))
+
+
+@api.get("/loans")
+@documented(query=LoanQuerySchema, response=LoanListSchema, errors=(422,), auth="member")
+def list_loans() -> Response:
+    """Loans: a member's own; every loan for a librarian."""
+    actor = signed_in()
+    args = loan_query_schema.load(request.args.to_dict())
+    if not members.at_least(actor, "librarian") and args.setdefault("member_id", actor["id"]) != actor["id"]:
+        raise Forbidden("Only librarians can see other members' loans")
+    lending, moment = rules(), now()
+    shown = []
+    for loan in store().snapshot().tables["loans"].records.values():
+        if "member_id" in args and loan["member_id"] != args["member_id"]:
+            continue
+        if "book_id" in args and loan["book_id"] != args["book_id"]:
+            continue
+        public = circulation.public_loan(loan, moment, lending)
+        wanted = args.get("status")
+        if (
+            wanted == "active"
+            and public["status"] == "returned"
+            or wanted
+            and wanted != "active"
+            and public["status"] != wanted
+        ):
+            continue
+        shown.append(public)
+    sort_by = args["sort_by"]
+    if sort_by.lstrip("-") != "id":
+        field = sort_by.lstrip("-")
+        shown.sort(key=lambda loan: (loan[field] is None, loan[field] or ""), reverse=sort_by.startswith("-"))
+    elif sort_by.startswith("-"):
+        shown.reverse()
+    return paginated("loans", shown, args["page"], args["limit"])
+
+
+@api.get("/loans/<id:loan_id>")
+@documented(response=LoanSchema, errors=(404,), auth="member")
+def get_loan(loan_id: int) -> Response:
+    """One loan (your own, or any for a librarian)."""
+    actor = signed_in()
+    loan = store().snapshot().get("loans", loan_id)
+    if loan is None:
+        raise NotFound("Loan not found")
+    if loan["member_id"] != actor["id"] and not members.at_least(actor, "librarian"):
+        raise Forbidden("Only librarians can see other members' loans")
+    return json_response(orjson.dumps(circulation.public_loan(loan, now(), rules())), **{"Cache-Control": "no-store"})
+
+
+@api.post("/books/<id:book_id>/hold")
+@documented(body=HoldRequestSchema, response=HoldSchema, status=201, errors=(400, 404, 409, 415, 422), auth="member")
+def hold_book(book_id: int) -> Response:
+    """Join the queue for a book that is out; it is kept for you when your turn comes."""
+    actor = signed_in()
+    data = hold_request_schema.load(optional_json_body())
+    member_id = acting_for(actor, data, "place holds")
+    lending, moment = rules(), now()
+    hold, position = store().update(
+        lambda txn: circulation.place_hold(txn, members.actor_in(txn, actor["id"]), book_id, member_id, moment, lending)
+    )
+    body = orjson.dumps(circulation.public_hold(hold, position))
+    return json_response(body, 201, Location=url_for("api.get_hold", hold_id=hold["id"]))
+
+
+def holds_now() -> Any:
+    """The holds as they stand now: kept books whose time is over already passed on (in a
+    transaction that is never committed; the server commits it within a second anyway)."""
+    view_txn = Txn(store().snapshot())
+    circulation.expire_holds(view_txn, now(), rules())
+    return view_txn
+
+
+@api.get("/holds")
+@documented(query=HoldQuerySchema, response=HoldListSchema, errors=(422,), auth="member")
+def list_holds() -> Response:
+    """Holds: a member's own; every hold for a librarian."""
+    actor = signed_in()
+    args = hold_query_schema.load(request.args.to_dict())
+    if not members.at_least(actor, "librarian") and args.setdefault("member_id", actor["id"]) != actor["id"]:
+        raise Forbidden("Only librarians can see other members' holds")
+    current = holds_now()
+    places = circulation.positions(current)
+    wanted = args.get("status")
+    shown = []
+    for _, hold in current.items("holds"):
+        if "member_id" in args and hold["member_id"] != args["member_id"]:
+            continue
+        if "book_id" in args and hold["book_id"] != args["book_id"]:
+            continue
+        if wanted == "active" and hold["status"] not in circulation.ACTIVE_HOLDS:
+            continue
+        if wanted and wanted != "active" and hold["status"] != wanted:
+            continue
+        shown.append(circulation.public_hold(hold, places.get(hold["id"])))
+    return paginated("holds", shown, args["page"], args["limit"])
+
+
+@api.get("/holds/<id:hold_id>")
+@documented(response=HoldSchema, errors=(404,), auth="member")
+def get_hold(hold_id: int) -> Response:
+    """One hold (your own, or any for a librarian)."""
+    actor = signed_in()
+    current = holds_now()
+    hold = current.get("holds", hold_id)
+    if hold is None:
+        raise NotFound("Hold not found")
+    if hold["member_id"] != actor["id"] and not members.at_least(actor, "librarian"):
+        raise Forbidden("Only librarians can see other members' holds")
+    body = circulation.public_hold(hold, circulation.positions(current).get(hold_id))
+    return json_response(orjson.dumps(body), **{"Cache-Control": "no-store"})
+
+
+@api.delete("/holds/<id:hold_id>")
+@documented(response=HoldSchema, errors=(404, 409), auth="member")
+def cancel_hold(hold_id: int) -> Response:
+    """Cancel a hold (your own, or any for a librarian); a kept book passes to the next in line."""
+    actor = signed_in()
+    lending, moment = rules(), now()
+    hold = store().update(
+        lambda txn: circulation.cancel_hold(txn, members.actor_in(txn, actor["id"]), hold_id, moment, lending)
+    )
+    return json_response(orjson.dumps(circulation.public_hold(hold, None)))
+
+
+@api.post("/members/<id:member_id>/payments")
+@documented(
+    body=PaymentSchema, response=PaymentResultSchema, status=201, errors=(400, 404, 409, 415, 422), auth="librarian"
+)
+def record_payment(member_id: int) -> Response:
+    """Record what a member paid against their fines."""
+    actor = signed_in("librarian")
+    data = payment_schema.load(json_body())
+    amount = circulation.cents(data["amount"])
+    lending, moment = rules(), now()
+    payment, still_due = store().update(
+        lambda txn: circulation.pay(txn, members.actor_in(txn, actor["id"]), member_id, amount, moment, lending)
+    )
+    body = {**payment, "fines_due": circulation.money(still_due)}
+    return json_response(orjson.dumps(body), 201)
 
 
 # -- routes: live updates -----------------------------------------------------------------------------
@@ -796,6 +1046,47 @@ def create_admin_command(email: str, password: str) -> None:
     click.echo(f"{what} {member['email']} (member {member['id']})")
 
 
+@click.command("overdue")
+@with_appcontext
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def overdue_command(as_json: bool) -> None:
+    """Report the loans past their due date: who, which book, how late, the fine so far."""
+    report = circulation.overdue(store().snapshot(), now(), rules())
+    if as_json:
+        click.echo(orjson.dumps({"overdue": report}, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not report:
+        click.echo("No loan is overdue.")
+        return
+    headers = ("Loan", "Member", "Email", "Book", "Due", "Days late", "Fine")
+    rows = [
+        (
+            str(r["loan_id"]),
+            r["member"],
+            r["email"] or "",
+            _clip(r["title"] or f"book {r['book_id']}", 40),
+            r["due_at"][:10],
+            str(r["days_late"]),
+            f"{r['fine']:.2f}",
+        )
+        for r in report
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    right = {0, 5, 6}
+    for row in (headers, *rows):
+        click.echo(
+            "  ".join(
+                c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
+    total = sum(r["fine"] for r in report)
+    click.echo(f"{len(report)} overdue loan{'s' if len(report) > 1 else ''}, fines so far {total:.2f}")
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def utc_stamp() -> str:
     return stamp(datetime.now(UTC))
 
@@ -865,12 +1156,33 @@ def open_store(app: Flask) -> JsonStore:
 
     return JsonStore(
         data_dir,
-        ("books", "members", "loans", "logins"),
+        COLLECTIONS,
         describe=catalogue.describe,
         initial=fill,
         lock_timeout=float(app.config["LOCK_TIMEOUT"]),
         journal_keep=int(app.config["JOURNAL_KEEP"]),
     )
+
+
+def lending_rules(config: Any) -> circulation.Rules:
+    """The lending rules from the settings.
+
+    :raises ValueError: naming the setting that is not valid.
+    """
+    values: dict[str, int] = {}
+    for name in ("MAX_LOANS", "LOAN_DAYS", "MAX_LOAN_DAYS", "MAX_RENEWALS", "FINE_GRACE_DAYS", "HOLD_DAYS"):
+        try:
+            values[name.lower()] = int(config[name])
+        except (TypeError, ValueError):
+            raise ValueError(f"LIBRARY_{name} must be a whole number, not {config[name]!r}") from None
+    for name in ("FINE_PER_DAY", "MAX_FINE", "MAX_FINES_DUE"):
+        try:
+            values[name.lower()] = circulation.cents(config[name])
+        except ValueError:
+            raise ValueError(f"LIBRARY_{name} must be an amount like 0.50, not {config[name]!r}") from None
+    if min(values.values()) < 0 or values["loan_days"] < 1 or values["loan_days"] > values["max_loan_days"]:
+        raise ValueError("The lending settings must not be negative, and LOAN_DAYS must be 1..MAX_LOAN_DAYS")
+    return circulation.Rules(**values)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -888,6 +1200,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     app.extensions["library_store"] = open_store(app)
     app.extensions["library_writer_index"] = WriterIndex()
+    app.extensions["library_rules"] = lending_rules(app.config)
+    clock = app.config.get("CLOCK") or (lambda: datetime.now(UTC))
+    housekeeper = circulation.Housekeeper(app.extensions["library_store"], app.extensions["library_rules"], clock)
+    app.extensions["library_housekeeper"] = housekeeper
+    app.before_request(housekeeper.start)  # in the worker, after gunicorn forked it
     # Refuses (auth.SecretError) to start with a configured secret shorter than 32 bytes.
     app.extensions["library_secret"] = auth.load_secret(
         str(app.config["SECRET_KEY"] or ""), Path(app.extensions["library_store"].directory)
@@ -920,6 +1237,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     app.cli.add_command(load_books_command)
     app.cli.add_command(create_admin_command)
+    app.cli.add_command(overdue_command)
     return app
 
 

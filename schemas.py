@@ -7,6 +7,7 @@ store's lock, where the check and the write cannot be separated.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates
@@ -329,6 +330,147 @@ book_schema = BookSchema()
 book_patch_schema = BookSchema(partial=True)
 book_query_schema = BookQuerySchema()
 changes_query_schema = ChangesQuerySchema()
+# -- circulation -----------------------------------------------------------------------------------
+
+
+class UtcDateTime(fields.AwareDateTime):
+    """An ISO 8601 time with its offset (``Z`` or ``+02:00``), turned into UTC."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(format="iso", default_timezone=None, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        return super()._deserialize(value, attr, data, **kwargs).astimezone(UTC)
+
+
+class BorrowSchema(StrictSchema):
+    """``POST /books/<id>/borrow``: ``member_id`` and ``borrowed_at`` are a librarian's."""
+
+    days = StrictInteger(metadata={"description": "1 to LIBRARY_MAX_LOAN_DAYS; LIBRARY_LOAN_DAYS when left out."})
+    member_id = StrictInteger(metadata={"description": "Lend to this member (librarians)."})
+    borrowed_at = UtcDateTime(metadata={"description": "Record a loan made earlier (librarians)."})
+
+
+class HoldRequestSchema(StrictSchema):
+    member_id = StrictInteger(metadata={"description": "Place the hold for this member (librarians)."})
+
+
+class PaymentSchema(StrictSchema):
+    amount = fields.Decimal(
+        required=True,
+        places=None,
+        allow_nan=False,
+        as_string=False,
+        metadata={"description": "More than 0, at most 2 decimals, at most what the member owes."},
+    )
+
+    @validates("amount")
+    def positive_cents(self, value: Any, **kwargs: Any) -> None:
+        if value <= 0 or value != value.quantize(Decimal("0.01")):
+            raise ValidationError("Must be more than 0 with at most 2 decimals.")
+        if value > 1_000_000:
+            raise ValidationError("Must be at most 1000000.")
+
+
+class LoanSchema(Schema):
+    class Meta:
+        ordered = True
+
+    id = fields.Integer()
+    book_id = fields.Integer()
+    member_id = fields.Integer()
+    borrowed_at = fields.DateTime()
+    due_at = fields.DateTime()
+    returned_at = fields.DateTime(allow_none=True)
+    days = fields.Integer(metadata={"description": "The loan's period: a renewal adds it again."})
+    renewals = fields.Integer()
+    fine = fields.Float(metadata={"description": "Kept on return; so far while the book is out."})
+    status = fields.String(metadata={"enum": ["active", "overdue", "returned"]})
+
+
+class LoanListSchema(Schema):
+    loans = fields.List(fields.Nested(LoanSchema))
+    total = fields.Integer()
+    page = fields.Integer()
+    limit = fields.Integer()
+    pages = fields.Integer()
+
+
+LOAN_SORT_FIELDS = ("id", "borrowed_at", "due_at", "returned_at")
+
+
+class PageQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, error="Must be 1 or more."))
+    limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100, error="Must be between 1 and 100."))
+    member_id = fields.Integer()
+    book_id = fields.Integer()
+
+
+class LoanQuerySchema(PageQuerySchema):
+    """The query parameters of ``GET /loans``."""
+
+    status = fields.String(
+        validate=validate.OneOf(["active", "overdue", "returned"], error="Must be one of: {choices}."),
+        metadata={"description": "active (overdue ones included), overdue, or returned."},
+    )
+    sort_by = fields.String(
+        load_default="id",
+        validate=validate.OneOf(
+            [*LOAN_SORT_FIELDS, *(f"-{f}" for f in LOAN_SORT_FIELDS)], error="Must be one of: {choices}."
+        ),
+    )
+
+
+class HoldSchema(Schema):
+    class Meta:
+        ordered = True
+
+    id = fields.Integer()
+    book_id = fields.Integer()
+    member_id = fields.Integer()
+    created_at = fields.DateTime()
+    status = fields.String(metadata={"enum": ["waiting", "ready", "fulfilled", "cancelled", "expired"]})
+    position = fields.Integer(allow_none=True, metadata={"description": "Place in the queue; 1 is next."})
+    ready_at = fields.DateTime(allow_none=True)
+    expires_at = fields.DateTime(allow_none=True, metadata={"description": "The book is kept until then."})
+    closed_at = fields.DateTime(allow_none=True)
+
+
+class HoldListSchema(Schema):
+    holds = fields.List(fields.Nested(HoldSchema))
+    total = fields.Integer()
+    page = fields.Integer()
+    limit = fields.Integer()
+    pages = fields.Integer()
+
+
+class HoldQuerySchema(PageQuerySchema):
+    """The query parameters of ``GET /holds``."""
+
+    status = fields.String(
+        validate=validate.OneOf(
+            ["active", "waiting", "ready", "fulfilled", "cancelled", "expired"], error="Must be one of: {choices}."
+        )
+    )
+
+
+class PaymentResultSchema(Schema):
+    id = fields.Integer()
+    member_id = fields.Integer()
+    amount = fields.Float()
+    paid_at = fields.DateTime()
+    received_by = fields.Integer()
+    fines_due = fields.Float(metadata={"description": "What the member still owes."})
+
+
+borrow_schema = BorrowSchema()
+hold_request_schema = HoldRequestSchema()
+payment_schema = PaymentSchema()
+loan_query_schema = LoanQuerySchema()
+hold_query_schema = HoldQuerySchema()
 enrol_schema = EnrolSchema()
 register_schema = RegisterSchema()
 login_schema = LoginSchema()

@@ -20,7 +20,6 @@ running: dict[int, subprocess.Popen] = {}
 """The gunicorn master of each server started by :func:`gunicorn_server`, by port."""
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
-COLLECTIONS = ("books", "members", "loans", "logins")
 
 librarian: dict[int, dict[str, str]] = {}
 """Headers signing a librarian in, for each server started by :func:`gunicorn_server`, by port."""
@@ -31,6 +30,7 @@ def sign_in_librarian(data_dir: Path) -> dict[str, str]:
     and return the headers of a request signed in as them."""
     import auth
     import members
+    from library_api import COLLECTIONS
     from storage import JsonStore
 
     store = JsonStore(data_dir, COLLECTIONS)

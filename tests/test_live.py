@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 import catalogue
+from library_api import COLLECTIONS
 from storage import JsonStore
 from tests.conftest import BOOK, TEST_SECRET, assert_problem, client_as
 from tests.servers import get_json, gunicorn_server, librarian, running
@@ -72,7 +73,7 @@ class Listener:
 
 def store_for(data_dir: Path) -> JsonStore:
     """The data directory opened by this test process: one more writer beside the workers."""
-    return JsonStore(data_dir, ("books", "members", "loans", "logins"), describe=catalogue.describe)
+    return JsonStore(data_dir, COLLECTIONS, describe=catalogue.describe)
 
 
 def test_every_client_gets_every_write_of_every_process_in_order_within_a_second(tmp_path):

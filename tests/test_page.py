@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import catalogue
+from library_api import COLLECTIONS
 from storage import JsonStore
 from tests.servers import ROOT, gunicorn_server, librarian
 
@@ -103,7 +104,7 @@ def create_book(port: int, title: str) -> dict[str, Any]:
 def set_loan(data_dir: Path, book_id: int, due_at: str | None) -> None:
     """Lend a book (``due_at``) or return it (None) as another process would: the API has no loan
     routes yet, so the test writes the loans file through the store, like test_live does."""
-    store = JsonStore(data_dir, ("books", "members", "loans", "logins"), describe=catalogue.describe)
+    store = JsonStore(data_dir, COLLECTIONS, describe=catalogue.describe)
 
     def change(txn: Any) -> None:
         if due_at is not None:
