@@ -160,7 +160,9 @@ def read_token(secret: bytes, token: str) -> Claims:
     except jwt.InvalidTokenError:
         raise TokenError("The token is not valid; sign in again") from None
     sub, ver = claims["sub"], claims["ver"]
-    if not (isinstance(sub, str) and sub.isdigit() and isinstance(ver, int) and not isinstance(ver, bool)):
+    if not (
+        isinstance(sub, str) and sub.isascii() and sub.isdigit() and isinstance(ver, int) and not isinstance(ver, bool)
+    ):
         raise TokenError("The token is not valid; sign in again")
     return Claims(int(sub), ver)
 

@@ -92,6 +92,12 @@ class CatalogueView:
         self._indexes: dict[str, dict[Any, set[int]]] = {}
         self._search: tuple[str, list[int], list[int]] | None = None
 
+    @property
+    def version(self) -> int:
+        """The seq of the last change to what the catalogue shows (books, loans, holds): its ETag
+        and the read cache's version. Sign-ins and member changes do not move it."""
+        return catalogue_version(self.snap)
+
     @classmethod
     def of(cls, snap: Snapshot) -> CatalogueView:
         view = snap.derived.get(cls)
@@ -240,6 +246,13 @@ def _search_word(word: str) -> str:
     if len(word) > 1 and all(c in "0123456789-x" for c in word):
         return word.replace("-", "")
     return word
+
+
+CATALOGUE_TABLES = ("books", "loans", "holds")
+
+
+def catalogue_version(snap: Snapshot) -> int:
+    return max(snap.tables[name].seq for name in CATALOGUE_TABLES if name in snap.tables)
 
 
 _ENCODED: dict[int, tuple[Any, tuple[str, str | None], bytes]] = {}

@@ -330,9 +330,18 @@ def book_response(book: dict[str, Any], status: int = 200, **headers: str) -> Re
     return response
 
 
-def write_books(updater: Callable[..., Any]) -> Any:
-    """Run a catalogue write in one transaction, with the writer's index up to date."""
-    return catalogue.with_index(store(), writer_index(), updater)
+def write_books(updater: Callable[..., Any], actor: dict[str, Any] | None = None) -> Any:
+    """Run a catalogue write in one transaction, with the writer's index up to date; ``actor``
+    must still be a librarian (or admin) as the transaction sees them."""
+
+    def run(txn: Any) -> Any:
+        if actor is not None:
+            current = members.actor_in(txn, actor["id"])
+            if current.get("token_version", 0) != actor.get("token_version", 0):
+                raise members.PermissionDenied("Your role changed; sign in again")
+        return updater(txn)
+
+    return catalogue.with_index(store(), writer_index(), run)
 
 
 def documented(**doc: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -401,17 +410,17 @@ def list_books() -> Response:
     """List books: filter, search, sort and paginate."""
     query = BookQuery(**query_args(book_query_schema))
     current = view()
-    request.environ[readcache.ENVIRON_KEY] = current.snap.seq
-    return conditional(catalogue.list_books(current, query), f'"{current.snap.seq}"')
+    request.environ[readcache.ENVIRON_KEY] = current.version
+    return conditional(catalogue.list_books(current, query), f'"{current.version}"')
 
 
 @api.post("/books")
 @documented(body=BookSchema, response=BookSchema, status=201, errors=(400, 409, 415, 422), auth="librarian")
 def create_book() -> Response:
     """Add a book, or update the one with the same ISBN or title, author and year (200)."""
-    signed_in("librarian")
+    actor = signed_in("librarian")
     data = book_schema.load(json_body())
-    book, outcome = write_books(lambda txn: catalogue.upsert_book(txn, writer_index(), data, catalogue.utcnow()))
+    book, outcome = write_books(lambda txn: catalogue.upsert_book(txn, writer_index(), data, catalogue.utcnow()), actor)
     if outcome == "created":
         return book_response(book, 201, Location=url_for("api.get_book", book_id=book["id"]))
     return book_response(book)
@@ -424,7 +433,7 @@ def get_book(book_id: int) -> Response:
     current = view()
     if book_id not in current.books:
         raise NotFound("Book not found")
-    request.environ[readcache.ENVIRON_KEY] = current.snap.seq
+    request.environ[readcache.ENVIRON_KEY] = current.version
     return conditional(current.encoded(book_id), current.etag(book_id))
 
 
@@ -432,10 +441,10 @@ def get_book(book_id: int) -> Response:
 @documented(body=BookSchema, response=BookSchema, errors=(400, 404, 409, 412, 415, 422), auth="librarian")
 def replace_book(book_id: int) -> Response:
     """Replace a book: fields left out are cleared."""
-    signed_in("librarian")
+    actor = signed_in("librarian")
     data = book_schema.load(json_body())
     book = write_books(
-        lambda txn: catalogue.replace_book(txn, writer_index(), book_id, data, catalogue.utcnow(), if_match())
+        lambda txn: catalogue.replace_book(txn, writer_index(), book_id, data, catalogue.utcnow(), if_match()), actor
     )
     return book_response(book)
 
@@ -444,10 +453,10 @@ def replace_book(book_id: int) -> Response:
 @documented(body=BookSchema, partial=True, response=BookSchema, errors=(400, 404, 409, 412, 415, 422), auth="librarian")
 def update_book(book_id: int) -> Response:
     """Change some fields of a book."""
-    signed_in("librarian")
+    actor = signed_in("librarian")
     data = book_patch_schema.load(json_body())
     book = write_books(
-        lambda txn: catalogue.patch_book(txn, writer_index(), book_id, data, catalogue.utcnow(), if_match())
+        lambda txn: catalogue.patch_book(txn, writer_index(), book_id, data, catalogue.utcnow(), if_match()), actor
     )
     return book_response(book)
 
@@ -456,8 +465,8 @@ def update_book(book_id: int) -> Response:
 @documented(response=MessageSchema, errors=(404, 409, 412), auth="librarian")
 def delete_book(book_id: int) -> Response:
     """Delete a book (not while it is on loan)."""
-    signed_in("librarian")
-    store().update(lambda txn: catalogue.delete_book(txn, book_id, if_match(), stamp(now())))
+    actor = signed_in("librarian")
+    write_books(lambda txn: catalogue.delete_book(txn, book_id, if_match(), stamp(now())), actor)
     return json_response(orjson.dumps({"message": "Book deleted successfully"}))
 
 
@@ -531,7 +540,10 @@ def list_members() -> Response:
     page, limit = args["page"], args["limit"]
     shown = [member_listing(snap, record) for record in found[(page - 1) * limit : page * limit]]
     body = {"members": shown, "total": len(found), "page": page, "limit": limit, "pages": -(-len(found) // limit)}
-    return json_response(orjson.dumps(body), **{"Cache-Control": "no-store"})
+    encoded = orjson.dumps(body)
+    response = conditional(encoded, catalogue.etag_of(encoded))
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response
 
 
 @api.get("/members/me")
@@ -539,7 +551,10 @@ def list_members() -> Response:
 def get_me() -> Response:
     """The signed-in member."""
     me = signed_in()
-    return member_conditional(store().snapshot(), me["id"])
+    snap = store().snapshot()
+    if snap.get("members", me["id"]) is None:  # deleted since the token was checked
+        raise unauthorized("The token is no longer valid; sign in again", invalid_token=True)
+    return member_conditional(snap, me["id"])
 
 
 @api.get("/members/<id:member_id>")
@@ -1034,14 +1049,19 @@ def load_books_command(path: Path, dry_run: bool) -> None:
 @with_appcontext
 @click.argument("email")
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="Asked for when left out.")
-def create_admin_command(email: str, password: str) -> None:
+@click.option("--first-name", default=None, help="For a new admin; default: the email's local part.")
+@click.option("--last-name", default="Admin", show_default=True, help="For a new admin.")
+def create_admin_command(email: str, password: str, first_name: str | None, last_name: str) -> None:
     """Make EMAIL an admin who signs in with PASSWORD (a new member, or an existing one promoted)."""
     try:
         data = RegisterSchema(only=("email", "password")).load({"email": email, "password": password})
     except ValidationError as exc:
         raise click.ClickException(_reason(exc.messages)) from None
     password_hash = auth.hash_password(data["password"])
-    member, created = store().update(lambda txn: members.make_admin(txn, data["email"], password_hash, utc_stamp()))
+    names = {"first_name": first_name or data["email"].split("@")[0], "last_name": last_name}
+    member, created = store().update(
+        lambda txn: members.make_admin(txn, data["email"], password_hash, utc_stamp(), names)
+    )
     what = "created admin" if created else "made an admin (with the new password):"
     click.echo(f"{what} {member['email']} (member {member['id']})")
 
@@ -1201,6 +1221,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["library_store"] = open_store(app)
     app.extensions["library_writer_index"] = WriterIndex()
     app.extensions["library_rules"] = lending_rules(app.config)
+    if int(app.config["TOKEN_TTL"]) < 1:
+        raise ValueError("LIBRARY_TOKEN_TTL must be at least 1 (seconds)")
     clock = app.config.get("CLOCK") or (lambda: datetime.now(UTC))
     housekeeper = circulation.Housekeeper(app.extensions["library_store"], app.extensions["library_rules"], clock)
     app.extensions["library_housekeeper"] = housekeeper
@@ -1231,7 +1253,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         )
     app.wsgi_app = readcache.ReadCache(  # type: ignore[method-assign]
         app.wsgi_app,
-        lambda: library_store.snapshot().seq,
+        lambda: catalogue.catalogue_version(library_store.snapshot()),
         max_entries=10_000,
         max_bytes=int(float(app.config["READ_CACHE_MB"]) * 1024 * 1024),
     )

@@ -136,13 +136,14 @@ def create(
     return txn.insert("members", record)
 
 
-def make_admin(txn: Txn, email: str, password_hash: str | None, now: str) -> tuple[dict[str, Any], bool]:
-    """The ``create-admin`` command: a new admin, or an existing member made admin (and given the
-    password when one is passed). Returns the record and whether it is new."""
+def make_admin(
+    txn: Txn, email: str, password_hash: str | None, now: str, names: Mapping[str, str]
+) -> tuple[dict[str, Any], bool]:
+    """The ``create-admin`` command: a new admin (with ``names``), or an existing member made
+    admin (and given the password when one is passed). Returns the record and whether it is new."""
     existing = find_by_email(txn, email)
     if existing is None:
-        name = email.split("@")[0]
-        data = {"email": email, "first_name": name, "last_name": ""}
+        data = {"email": email, **names}
         return create(txn, data, now, password_hash, role="admin"), True
     changed = {**existing, "role": "admin", "updated_at": now}
     if password_hash is not None:
@@ -188,6 +189,8 @@ def patch(txn: Txn, actor_id: int, member_id: int, data: Mapping[str, Any], now:
         raise PermissionDenied("Only an admin can change the record of a librarian or admin")
     if "role" in data and actor["role"] != "admin":
         raise PermissionDenied("Only an admin can change a role")
+    if "email" in data and not at_least(actor, "librarian"):
+        raise PermissionDenied("Only a librarian can change the email a member signs in with")
     new = {**target, **data}
     if new == target:
         return target
@@ -214,7 +217,7 @@ def delete(txn: Txn, actor_id: int, member_id: int) -> dict[str, Any]:
     if actor["role"] != "admin":
         raise PermissionDenied("Only an admin can delete members")
     target = txn.get_or_fail("members", member_id, "Member not found")
-    out = sum(1 for _, loan in txn.items("loans") if loan["member_id"] == member_id and loan["returned_at"] is None)
+    out = sum(1 for _, loan in txn.items("loans") if loan["member_id"] == member_id and loan.get("returned_at") is None)
     if out:
         raise ConflictError(
             f"The member has {out} book{'s' if out > 1 else ''} on loan; "

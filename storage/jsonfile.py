@@ -287,6 +287,8 @@ class JsonStore(Store):
             log.warning("%s: data files were changed outside the server; the journal starts again", self.directory)
             parsed = journal.ParsedJournal(floor=seq)
             rewrite = set(self.collections)
+            # Every file is as of the new seq: a version derived from table seqs must move on too.
+            tables = {n: Table(n, t.records, t.next_id, seq, t.parts, t.positions) for n, t in tables.items()}
         if parsed.floor is None or edited:
             journal.write_atomically(self.journal_path, [journal.encode_header(seq)])
         for name in self.collections:

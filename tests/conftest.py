@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,19 @@ def app(data_dir: Path):
 def seeded_app(data_dir: Path):
     """An app whose data directory starts with the sample catalogue of books.json."""
     return create_app({"TESTING": True, "DATA_DIR": str(data_dir)})
+
+
+class Clock:
+    """A clock the tests move by hand (the app reads it through ``CLOCK``)."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
 
 
 def add_member(app, email: str, role: str = "member", password: str | None = None) -> dict[str, Any]:

@@ -25,20 +25,39 @@ librarian: dict[int, dict[str, str]] = {}
 """Headers signing a librarian in, for each server started by :func:`gunicorn_server`, by port."""
 
 
-def sign_in_librarian(data_dir: Path) -> dict[str, str]:
-    """Put a librarian into the data directory (another process writing it, as any worker does)
-    and return the headers of a request signed in as them."""
+def sign_in(data_dir: Path, role: str = "member", count: int = 1) -> list[dict[str, str]]:
+    """Put ``count`` members with ``role`` into the data directory (another process writing it,
+    as any worker does) and return the headers of requests signed in as each of them."""
     import auth
     import members
     from library_api import COLLECTIONS
     from storage import JsonStore
 
     store = JsonStore(data_dir, COLLECTIONS)
-    data = {"email": f"librarian-{os.getpid()}-{time.monotonic_ns()}@example.org", "first_name": "L", "last_name": "T"}
-    member = store.update(lambda txn: members.create(txn, data, "2026-01-01T00:00:00Z", None, "librarian"))
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+
+    def add(txn: object) -> list[dict[str, object]]:
+        return [
+            members.create(
+                txn,
+                {"email": f"{role}-{tag}-{i}@example.org", "first_name": "T", "last_name": "T"},
+                "2026-01-01T00:00:00Z",
+                None,
+                role,
+            )
+            for i in range(count)
+        ]
+
+    people = store.update(add)
     store.close()
-    token = auth.issue_token(SECRET.encode(), member, 3600)
-    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    return [
+        {"Authorization": f"Bearer {auth.issue_token(SECRET.encode(), m, 3600)}", "Content-Type": "application/json"}
+        for m in people
+    ]
+
+
+def sign_in_librarian(data_dir: Path) -> dict[str, str]:
+    return sign_in(data_dir, "librarian")[0]
 
 
 def get_json(port: int, path: str) -> tuple[int, object]:

@@ -18,24 +18,11 @@ import pytest
 
 import auth
 from library_api import create_app
-from tests.conftest import BOOK, TEST_SECRET, add_member, assert_problem, client_as, token_for
+from tests.conftest import BOOK, TEST_SECRET, Clock, add_member, assert_problem, client_as, token_for
 from tests.servers import gunicorn_server
 
 PASSWORD = "correct horse battery"
 WRONG = "wrong password!"
-
-
-class Clock:
-    """A clock the tests move by hand (the app reads it through ``CLOCK``)."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @pytest.fixture
