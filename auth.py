@@ -199,41 +199,69 @@ def _moment(stamp: str) -> datetime:
 def begin_attempt(txn: Txn, key: str, now: datetime) -> int | None:
     """Count a sign-in attempt for ``key`` as a failure before the password is checked (so that
     concurrent attempts cannot guess more than :data:`MAX_FAILURES` times); :func:`succeeded`
-    undoes it. Returns the id of the lockout record. Stale records of other emails are dropped.
+    undoes it. Returns the id of the lockout record. A few records that no longer matter are
+    dropped each time, so the collection holds only the last 15 minutes' emails.
 
-    :raises LockedOut: when the email is locked, or already has its failures in the window.
+    :raises LockedOut: when the email is locked.
     """
-    record = None
-    stale = []
-    for rid, rec in txn.items("logins"):
-        if rec["key"] == key:
-            record = rec
-        elif _is_stale(rec, now) and len(stale) < 100:
-            stale.append(rid)
-    for rid in stale:
+    now_stamp = _stamp(now)
+    record = _find(txn, key)
+    for rid in _stale(txn, now_stamp, limit=20):
+        if record is not None and rid == record["id"]:
+            record = None
         txn.delete("logins", rid)
-    if record is not None and _is_stale(record, now):
-        txn.delete("logins", record["id"])
-        record = None
-    if record is not None and record.get("locked_until") and _moment(record["locked_until"]) > now:
+    if record is not None and record.get("locked_until") and record["locked_until"] > now_stamp:
         raise LockedOut(math.ceil((_moment(record["locked_until"]) - now).total_seconds()))
-    failures = [f for f in (record or {}).get("failures", []) if _moment(f) > now - LOCKOUT]
-    failures.append(_stamp(now))
+    window_start = _stamp(now - LOCKOUT)
+    failures = [f for f in (record or {}).get("failures", []) if f > window_start]
+    failures.append(now_stamp)
     locked_until = _stamp(now + LOCKOUT) if len(failures) >= MAX_FAILURES else None
-    new = {"key": key, "failures": [] if locked_until else failures, "locked_until": locked_until}
+    new = {
+        "key": key,
+        "failures": [] if locked_until else failures,
+        "locked_until": locked_until,
+        "expires_at": _stamp(now + LOCKOUT),  # nothing of it matters after this
+    }
     if record is None:
         return txn.insert("logins", new)["id"]
     txn.put("logins", {"id": record["id"], **new})
     return record["id"]
 
 
+def _find(txn: Txn, key: str) -> dict[str, Any] | None:
+    """The lockout record of ``key``: through an index of the snapshot (and the transaction's own
+    changes), not a scan, so that a sign-in stays cheap however many emails are being tried."""
+    for rec in txn.pending("logins").values():
+        if rec is not None and rec["key"] == key:
+            return rec
+    snap = txn.snapshot
+    index = snap.derived.get("logins_by_key")
+    if index is None:
+        index = {rec["key"]: rid for rid, rec in snap.tables["logins"].records.items()}
+        snap.derived["logins_by_key"] = index
+    rid = index.get(key)
+    rec = txn.get("logins", rid) if rid is not None else None
+    return rec if rec is not None and rec["key"] == key else None
+
+
+def _stale(txn: Txn, now_stamp: str, limit: int) -> list[int]:
+    """Up to ``limit`` records whose time is over, oldest first (ISO stamps compare as text)."""
+    snap = txn.snapshot
+    ordered = snap.derived.get("logins_by_expiry")
+    if ordered is None:
+        ordered = sorted((rec.get("expires_at", ""), rid) for rid, rec in snap.tables["logins"].records.items())
+        snap.derived["logins_by_expiry"] = ordered
+    found = []
+    for expires_at, rid in ordered:
+        if expires_at > now_stamp or len(found) >= limit:
+            break
+        current = txn.get("logins", rid)
+        if current is not None and current.get("expires_at", "") <= now_stamp:
+            found.append(rid)
+    return found
+
+
 def succeeded(txn: Txn, record_id: int) -> None:
     """A sign-in succeeded before the lockout: forget the failures."""
     if txn.get("logins", record_id) is not None:
         txn.delete("logins", record_id)
-
-
-def _is_stale(record: Mapping[str, Any], now: datetime) -> bool:
-    if record.get("locked_until") and _moment(record["locked_until"]) > now:
-        return False
-    return not any(_moment(f) > now - LOCKOUT for f in record.get("failures", []))

@@ -144,6 +144,11 @@ class Txn:
             if rec is not None:
                 yield rid, rec
 
+    def pending(self, collection: str) -> dict[int, Record | None]:
+        """What this transaction (with its parents) changed in ``collection`` so far, by id
+        (None for a deleted record)."""
+        return {rid: rec for (col, rid), rec in self._all_changes().items() if col == collection}
+
     def insert(self, collection: str, record: Record) -> Record:
         """Store ``record`` under a new id (never used before in this collection) and return it."""
         new_id = self.next_id(collection)
