@@ -666,7 +666,14 @@ def acting_for(actor: dict[str, Any], data: dict[str, Any], what: str) -> int:
 
 
 @api.post("/books/<id:book_id>/borrow")
-@documented(body=BorrowSchema, response=LoanSchema, status=201, errors=(400, 404, 409, 415, 422), auth="member")
+@documented(
+    body=BorrowSchema,
+    body_optional=True,
+    response=LoanSchema,
+    status=201,
+    errors=(400, 404, 409, 415, 422),
+    auth="member",
+)
 def borrow_book(book_id: int) -> Response:
     """Borrow a book: for yourself, or (librarians) for a member, possibly backdated."""
     actor = signed_in()
@@ -765,7 +772,14 @@ def get_loan(loan_id: int) -> Response:
 
 
 @api.post("/books/<id:book_id>/hold")
-@documented(body=HoldRequestSchema, response=HoldSchema, status=201, errors=(400, 404, 409, 415, 422), auth="member")
+@documented(
+    body=HoldRequestSchema,
+    body_optional=True,
+    response=HoldSchema,
+    status=201,
+    errors=(400, 404, 409, 415, 422),
+    auth="member",
+)
 def hold_book(book_id: int) -> Response:
     """Join the queue for a book that is out; it is kept for you when your turn comes."""
     actor = signed_in()
@@ -1007,7 +1021,8 @@ def _operation(view_fn: Callable[..., Any], doc: dict[str, Any], params: list[di
         op["parameters"].append({"in": "query", "schema": doc["query"]})
     if doc.get("body"):
         body = "BookPatch" if doc.get("partial") else doc["body"]
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        required = not doc.get("body_optional")
+        op["requestBody"] = {"required": required, "content": {"application/json": {"schema": body}}}
     errors = list(doc.get("errors", ()))
     role = doc.get("auth")
     if role:
@@ -1226,7 +1241,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     clock = app.config.get("CLOCK") or (lambda: datetime.now(UTC))
     housekeeper = circulation.Housekeeper(app.extensions["library_store"], app.extensions["library_rules"], clock)
     app.extensions["library_housekeeper"] = housekeeper
-    app.before_request(housekeeper.start)  # in the worker, after gunicorn forked it
+    if not app.testing:  # tests run it by hand, on their own clock
+        app.before_request(housekeeper.start)  # in the worker, after gunicorn forked it
     # Refuses (auth.SecretError) to start with a configured secret shorter than 32 bytes.
     app.extensions["library_secret"] = auth.load_secret(
         str(app.config["SECRET_KEY"] or ""), Path(app.extensions["library_store"].directory)
