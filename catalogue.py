@@ -461,7 +461,7 @@ def _current(txn: Txn, book_id: int, if_match: Any) -> dict[str, Any]:
     current = txn.get_or_fail("books", book_id, "Book not found")
     if if_match is not None and not if_match.star_tag:
         # From the transaction's record: an earlier write in the same commit counts.
-        status = CatalogueView.of(txn.snapshot).status(book_id)
+        status = status_in(txn, book_id)
         etag = etag_of(orjson.dumps(public_book(current, *status))).strip('"')
         if not if_match.contains(etag):
             raise PreconditionFailedError("The book changed since it was read (If-Match does not match)")

@@ -65,6 +65,15 @@ def cents(value: Any) -> int:
     return int(amount * 100)
 
 
+def stored_cents(value: Any) -> int:
+    """An amount kept in a file as cents, rounded (a hand edit with more decimals still reads)."""
+    try:
+        return int((Decimal(str(value or 0)) * 100).quantize(Decimal(1)))
+    except InvalidOperation:
+        log.warning("ignoring an amount that is not a number: %r", value)
+        return 0
+
+
 def money(amount: int) -> float:
     return round(amount / 100, 2)
 
@@ -92,7 +101,7 @@ def days_late(due_at: str, until: datetime) -> int:
 def fine_for(loan: Mapping[str, Any], now: datetime, rules: Rules) -> int:
     """The fine of a loan in cents: kept on a returned loan, accruing on an open one."""
     if loan.get("returned_at") is not None:
-        return cents(loan.get("fine") or 0)
+        return stored_cents(loan.get("fine"))
     return accrued(loan["due_at"], now, rules)
 
 
@@ -108,15 +117,35 @@ def fines_due(
 ) -> int:
     """What a member owes in cents: the fines of their loans less what they paid."""
     owed = sum(fine_for(loan, now, rules) for loan in loans)
-    paid = sum(cents(p["amount"]) for p in payments)
+    paid = sum(stored_cents(p.get("amount")) for p in payments)
     return max(0, owed - paid)
+
+
+def where(txn: Txn, collection: str, field: str, value: Any) -> list[dict[str, Any]]:
+    """The records of ``collection`` whose ``field`` is ``value``, as the transaction sees them, in
+    id order: through an index of the snapshot (built once per snapshot) and the transaction's own
+    changes, so that a check does not walk every loan or hold ever made."""
+    snap = txn.snapshot
+    key = ("where", collection, field)
+    index = snap.derived.get(key)
+    if index is None:
+        index = {}
+        for rid, record in snap.tables[collection].records.items():
+            index.setdefault(record.get(field), []).append(rid)
+        snap.derived[key] = index
+    pending = txn.pending(collection)
+    found = {rid: snap.tables[collection].records[rid] for rid in index.get(value, ()) if rid not in pending}
+    for rid, record in pending.items():
+        if record is not None and record.get(field) == value:
+            found[rid] = record
+    return [found[rid] for rid in sorted(found)]
 
 
 def member_fines(source: Txn | Snapshot, member_id: int, now: datetime, rules: Rules) -> int:
     """What ``member_id`` owes in cents, as a transaction or a snapshot sees it."""
     if isinstance(source, Txn):
-        loans = [loan for _, loan in source.items("loans") if loan["member_id"] == member_id]
-        payments = [p for _, p in source.items("payments") if p["member_id"] == member_id]
+        loans = where(source, "loans", "member_id", member_id)
+        payments = where(source, "payments", "member_id", member_id)
     else:
         loans = _by_member(source, "loans").get(member_id, [])
         payments = _by_member(source, "payments").get(member_id, [])
@@ -177,7 +206,7 @@ def public_hold(hold: Mapping[str, Any], position: int | None) -> dict[str, Any]
 def queue(txn: Txn, book_id: int) -> list[dict[str, Any]]:
     """The active holds of a book in queue order: the ready one (if any) first, then the waiting
     ones, oldest first."""
-    active = [h for _, h in txn.items("holds") if h["book_id"] == book_id and h["status"] in ACTIVE_HOLDS]
+    active = [h for h in where(txn, "holds", "book_id", book_id) if h["status"] in ACTIVE_HOLDS]
     active.sort(key=lambda h: (h["status"] != "ready", h["created_at"], h["id"]))
     return active
 
@@ -200,8 +229,8 @@ def positions(txn: Txn) -> dict[int, int]:
 
 
 def open_loan_of(txn: Txn, book_id: int) -> dict[str, Any] | None:
-    for _, loan in txn.items("loans"):
-        if loan["book_id"] == book_id and loan.get("returned_at") is None:
+    for loan in where(txn, "loans", "book_id", book_id):
+        if loan.get("returned_at") is None:
             return loan
     return None
 
@@ -218,10 +247,9 @@ def expire_holds(txn: Txn, now: datetime, rules: Rules, book_id: int | None = No
     """End every kept (``ready``) hold whose time is over, passing the book to the next member in
     its queue (whose keep starts when the previous one ended). Returns how many expired."""
     expired = 0
-    books = (
-        {book_id} if book_id is not None else {h["book_id"] for _, h in txn.items("holds") if h["status"] == "ready"}
-    )
+    books = {book_id} if book_id is not None else {h["book_id"] for h in where(txn, "holds", "status", "ready")}
     for bid in books:
+        _repair(txn, bid, now, rules)
         while True:
             line = queue(txn, bid)
             if not line or line[0]["status"] != "ready" or parse_time(line[0]["expires_at"]) > now:
@@ -233,10 +261,22 @@ def expire_holds(txn: Txn, now: datetime, rules: Rules, book_id: int | None = No
     return expired
 
 
+def _repair(txn: Txn, book_id: int, now: datetime, rules: Rules) -> None:
+    """A book neither out nor kept while members wait for it (its keeper's hold was ended by a
+    delete, or the files were edited by hand): keep it for the first of them from now."""
+    line = queue(txn, book_id)
+    if line and line[0]["status"] == "waiting" and open_loan_of(txn, book_id) is None:
+        _pass_on(txn, line, now, rules)
+
+
 def next_expiry(snap: Snapshot) -> datetime | None:
     """When the first kept hold runs out (None when no book is kept)."""
-    ends = [h["expires_at"] for h in snap.tables["holds"].records.values() if h["status"] == "ready"]
-    return parse_time(min(ends)) if ends else None
+    found = snap.derived.get("next_expiry", False)
+    if found is False:
+        ends = [h["expires_at"] for h in snap.tables["holds"].records.values() if h["status"] == "ready"]
+        found = parse_time(min(ends)) if ends else None
+        snap.derived["next_expiry"] = found
+    return found
 
 
 def _pass_on(txn: Txn, waiting: list[dict[str, Any]], start: datetime, rules: Rules) -> None:
@@ -279,7 +319,7 @@ def borrow(
     kept = line[0] if line and line[0]["status"] == "ready" else None
     if kept is not None and kept["member_id"] != member_id:
         raise ConflictError(f"The book is kept for a member who placed a hold, until {kept['expires_at'][:10]}")
-    out = sum(1 for _, ln in txn.items("loans") if ln["member_id"] == member_id and ln.get("returned_at") is None)
+    out = sum(1 for ln in where(txn, "loans", "member_id", member_id) if ln.get("returned_at") is None)
     if out >= rules.max_loans:
         raise ConflictError(f"The member already has {out} books on loan, the most allowed (LIBRARY_MAX_LOANS)")
     owed = member_fines(txn, member_id, now, rules)
@@ -300,8 +340,9 @@ def borrow(
         "fine": None,
     }
     loan = txn.insert("loans", record)
-    if kept is not None:
-        txn.put("holds", {**kept, "status": "fulfilled", "closed_at": stamp(now)})
+    for hold in line:
+        if hold["member_id"] == member_id:  # kept for them, or (a repaired queue) still waiting
+            txn.put("holds", {**hold, "status": "fulfilled", "closed_at": stamp(now)})
     return loan
 
 
@@ -341,7 +382,7 @@ def renew(txn: Txn, actor: Mapping[str, Any], loan_id: int, now: datetime, rules
         raise ConflictError("The loan is overdue; an overdue loan cannot be renewed, only returned")
     if loan["renewals"] >= rules.max_renewals:
         raise ConflictError(f"The loan was renewed {loan['renewals']} times, the most allowed (LIBRARY_MAX_RENEWALS)")
-    if queue(txn, loan["book_id"]):
+    if any(h["member_id"] != loan["member_id"] for h in queue(txn, loan["book_id"])):
         raise ConflictError("Another member is waiting for this book (a hold), so the loan cannot be renewed")
     due = parse_time(loan["due_at"]) + timedelta(days=loan["days"])
     return txn.put("loans", {**loan, "due_at": stamp(due), "renewals": loan["renewals"] + 1})
@@ -364,7 +405,7 @@ def place_hold(
     expire_holds(txn, now, rules, book_id)
     loan = open_loan_of(txn, book_id)
     line = queue(txn, book_id)
-    if loan is None and not line:
+    if loan is None and not (line and line[0]["status"] == "ready"):
         raise ConflictError("The book is available: borrow it instead of placing a hold")
     if loan is not None and loan["member_id"] == member_id:
         raise ConflictError("The member has this book on loan")
@@ -403,11 +444,14 @@ def cancel_hold(txn: Txn, actor: Mapping[str, Any], hold_id: int, now: datetime,
     return cancelled
 
 
-def cancel_all_holds(txn: Txn, now: datetime, *, book_id: int | None = None, member_id: int | None = None) -> None:
-    """Cancel the active holds of a book or a member that is being deleted."""
-    for _, hold in list(txn.items("holds")):
-        if hold["status"] in ACTIVE_HOLDS and (hold["book_id"] == book_id or hold["member_id"] == member_id):
+def cancel_all_holds(txn: Txn, now: datetime, rules: Rules, *, member_id: int) -> None:
+    """Cancel the active holds of a member who is being deleted; a book kept for them passes to
+    the next in its queue."""
+    for hold in where(txn, "holds", "member_id", member_id):
+        if hold["status"] in ACTIVE_HOLDS:
             txn.put("holds", {**hold, "status": "cancelled", "closed_at": stamp(now)})
+            if hold["status"] == "ready":
+                _pass_on(txn, queue(txn, hold["book_id"]), now, rules)
 
 
 # -- payments --------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +334,8 @@ def write_books(updater: Callable[..., Any], actor: dict[str, Any] | None = None
     """Run a catalogue write in one transaction, with the writer's index up to date; ``actor``
     must still be a librarian (or admin) as the transaction sees them."""
 
+    # Group commit may run this updater on another request's thread (or the housekeeper's): it
+    # must not touch the request or the app context, only what was captured here.
     def run(txn: Any) -> Any:
         if actor is not None:
             current = members.actor_in(txn, actor["id"])
@@ -342,6 +344,11 @@ def write_books(updater: Callable[..., Any], actor: dict[str, Any] | None = None
         return updater(txn)
 
     return catalogue.with_index(store(), writer_index(), run)
+
+
+# Updaters passed to store().update() may run on another thread than their request's (group
+# commit: the thread that takes the lock runs every waiting updater). So each route reads the
+# request, the app and the clock *before* it builds its updater, which uses only those values.
 
 
 def documented(**doc: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -420,7 +427,8 @@ def create_book() -> Response:
     """Add a book, or update the one with the same ISBN or title, author and year (200)."""
     actor = signed_in("librarian")
     data = book_schema.load(json_body())
-    book, outcome = write_books(lambda txn: catalogue.upsert_book(txn, writer_index(), data, catalogue.utcnow()), actor)
+    index, moment = writer_index(), catalogue.utcnow()
+    book, outcome = write_books(lambda txn: catalogue.upsert_book(txn, index, data, moment), actor)
     if outcome == "created":
         return book_response(book, 201, Location=url_for("api.get_book", book_id=book["id"]))
     return book_response(book)
@@ -443,9 +451,8 @@ def replace_book(book_id: int) -> Response:
     """Replace a book: fields left out are cleared."""
     actor = signed_in("librarian")
     data = book_schema.load(json_body())
-    book = write_books(
-        lambda txn: catalogue.replace_book(txn, writer_index(), book_id, data, catalogue.utcnow(), if_match()), actor
-    )
+    index, moment, condition = writer_index(), catalogue.utcnow(), if_match()
+    book = write_books(lambda txn: catalogue.replace_book(txn, index, book_id, data, moment, condition), actor)
     return book_response(book)
 
 
@@ -455,9 +462,8 @@ def update_book(book_id: int) -> Response:
     """Change some fields of a book."""
     actor = signed_in("librarian")
     data = book_patch_schema.load(json_body())
-    book = write_books(
-        lambda txn: catalogue.patch_book(txn, writer_index(), book_id, data, catalogue.utcnow(), if_match()), actor
-    )
+    index, moment, condition = writer_index(), catalogue.utcnow(), if_match()
+    book = write_books(lambda txn: catalogue.patch_book(txn, index, book_id, data, moment, condition), actor)
     return book_response(book)
 
 
@@ -466,7 +472,8 @@ def update_book(book_id: int) -> Response:
 def delete_book(book_id: int) -> Response:
     """Delete a book (not while it is on loan)."""
     actor = signed_in("librarian")
-    write_books(lambda txn: catalogue.delete_book(txn, book_id, if_match(), stamp(now())), actor)
+    condition, moment = if_match(), stamp(now())
+    write_books(lambda txn: catalogue.delete_book(txn, book_id, condition, moment), actor)
     return json_response(orjson.dumps({"message": "Book deleted successfully"}))
 
 
@@ -483,7 +490,8 @@ def register() -> Response:
     """Become a member who signs in with a password (always with the role ``member``)."""
     data = register_schema.load(json_body())
     password_hash = auth.hash_password(data["password"])
-    member = store().update(lambda txn: members.create(txn, data, stamp(now()), password_hash))
+    moment = stamp(now())
+    member = store().update(lambda txn: members.create(txn, data, moment, password_hash))
     return member_response(member, 201, Location=url_for("api.get_member", member_id=member["id"]))
 
 
@@ -495,7 +503,8 @@ def login() -> Response:
     data = login_schema.load(json_body())
     secret: bytes = current_app.extensions["library_secret"]
     key = auth.email_key(secret, data["email"])
-    attempt = store().update(lambda txn: auth.begin_attempt(txn, key, now()))
+    moment = now()
+    attempt = store().update(lambda txn: auth.begin_attempt(txn, key, moment))
     member_id = members.by_email(store().snapshot()).get(members.email_key(data["email"]))
     member = store().snapshot().get("members", member_id) if member_id is not None else None
     stored_hash = member.get("password_hash") if member is not None else None
@@ -525,7 +534,8 @@ def enrol_member() -> Response:
     """Enrol a member who will not sign in (a librarian lends to them)."""
     signed_in("librarian")
     data = enrol_schema.load(json_body())
-    member = store().update(lambda txn: members.create(txn, data, stamp(now())))
+    moment = stamp(now())
+    member = store().update(lambda txn: members.create(txn, data, moment))
     return member_response(member, 201, Location=url_for("api.get_member", member_id=member["id"]))
 
 
@@ -574,12 +584,12 @@ def update_member(member_id: int) -> Response:
     """Change names or email (your own; a librarian's for members), or the role (admins only)."""
     actor = signed_in()
     data = member_patch_schema.load(json_body())
-    condition = if_match()
+    condition, moment, lending = if_match(), now(), rules()
 
     def change(txn: Any) -> dict[str, Any]:
         members.check_may_see(members.actor_in(txn, actor["id"]), member_id)
-        check_member_etag(txn, member_id, condition)
-        return members.patch(txn, actor["id"], member_id, data, stamp(now()))
+        check_member_etag(txn, member_id, condition, moment, lending)
+        return members.patch(txn, actor["id"], member_id, data, stamp(moment))
 
     return member_response(store().update(change))
 
@@ -589,13 +599,13 @@ def update_member(member_id: int) -> Response:
 def delete_member(member_id: int) -> Response:
     """Delete a member (admins only; not while they have books on loan)."""
     actor = signed_in("admin")
-    condition = if_match()
+    condition, moment, lending = if_match(), now(), rules()
 
     def remove(txn: Any) -> None:
         members.actor_in(txn, actor["id"])
-        check_member_etag(txn, member_id, condition)
+        check_member_etag(txn, member_id, condition, moment, lending)
         members.delete(txn, actor["id"], member_id)
-        circulation.cancel_all_holds(txn, now(), member_id=member_id)
+        circulation.cancel_all_holds(txn, moment, lending, member_id=member_id)
 
     store().update(remove)
     return json_response(orjson.dumps({"message": "Member deleted successfully"}))
@@ -621,7 +631,7 @@ def member_response(record: dict[str, Any], status: int = 200, **headers: str) -
     return response
 
 
-def check_member_etag(txn: Any, member_id: int, condition: Any) -> None:
+def check_member_etag(txn: Any, member_id: int, condition: Any, moment: datetime, lending: circulation.Rules) -> None:
     """``If-Match`` against the member as the transaction sees them.
 
     :raises PreconditionFailedError: when it does not match.
@@ -631,7 +641,7 @@ def check_member_etag(txn: Any, member_id: int, condition: Any) -> None:
     record = txn.get("members", member_id)
     if record is None:
         return  # the change itself answers 404
-    owed = circulation.member_fines(txn, member_id, now(), rules())
+    owed = circulation.member_fines(txn, member_id, moment, lending)
     body = orjson.dumps(members.listing_in(txn, record, circulation.money(owed)))
     if not condition.contains(catalogue.etag_of(body).strip('"')):
         raise PreconditionFailedError("The member changed since they were read (If-Match does not match)")
@@ -654,7 +664,14 @@ def optional_json_body() -> dict[str, Any]:
 def paginated(name: str, items: list[Any], page: int, limit: int) -> Response:
     body = {name: items[(page - 1) * limit : page * limit], "total": len(items), "page": page, "limit": limit}
     body["pages"] = -(-len(items) // limit)
-    return json_response(orjson.dumps(body), **{"Cache-Control": "no-store"})
+    return private(orjson.dumps(body))
+
+
+def private(body: bytes) -> Response:
+    """A signed-in reader's answer: an ETag of its bytes, not to be kept by shared caches."""
+    response = conditional(body, catalogue.etag_of(body))
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response
 
 
 def acting_for(actor: dict[str, Any], data: dict[str, Any], what: str) -> int:
@@ -689,6 +706,8 @@ def borrow_book(book_id: int) -> Response:
             raise Forbidden("Only librarians can record a loan made earlier")
         if borrowed_at > moment:
             raise ValidationError({"borrowed_at": ["Must not be in the future."]})
+        if borrowed_at < moment - timedelta(days=365):
+            raise ValidationError({"borrowed_at": ["Must be within the last year."]})
 
     def lend(txn: Any) -> dict[str, Any]:
         current = members.actor_in(txn, actor["id"])
@@ -752,7 +771,9 @@ def list_loans() -> Response:
     sort_by = args["sort_by"]
     if sort_by.lstrip("-") != "id":
         field = sort_by.lstrip("-")
-        shown.sort(key=lambda loan: (loan[field] is None, loan[field] or ""), reverse=sort_by.startswith("-"))
+        present = [loan for loan in shown if loan[field] is not None]
+        present.sort(key=lambda loan: loan[field], reverse=sort_by.startswith("-"))  # stable: ties by id
+        shown = present + [loan for loan in shown if loan[field] is None]
     elif sort_by.startswith("-"):
         shown.reverse()
     return paginated("loans", shown, args["page"], args["limit"])
@@ -768,7 +789,7 @@ def get_loan(loan_id: int) -> Response:
         raise NotFound("Loan not found")
     if loan["member_id"] != actor["id"] and not members.at_least(actor, "librarian"):
         raise Forbidden("Only librarians can see other members' loans")
-    return json_response(orjson.dumps(circulation.public_loan(loan, now(), rules())), **{"Cache-Control": "no-store"})
+    return private(orjson.dumps(circulation.public_loan(loan, now(), rules())))
 
 
 @api.post("/books/<id:book_id>/hold")
@@ -838,7 +859,7 @@ def get_hold(hold_id: int) -> Response:
     if hold["member_id"] != actor["id"] and not members.at_least(actor, "librarian"):
         raise Forbidden("Only librarians can see other members' holds")
     body = circulation.public_hold(hold, circulation.positions(current).get(hold_id))
-    return json_response(orjson.dumps(body), **{"Cache-Control": "no-store"})
+    return private(orjson.dumps(body))
 
 
 @api.delete("/holds/<id:hold_id>")
@@ -1074,9 +1095,8 @@ def create_admin_command(email: str, password: str, first_name: str | None, last
         raise click.ClickException(_reason(exc.messages)) from None
     password_hash = auth.hash_password(data["password"])
     names = {"first_name": first_name or data["email"].split("@")[0], "last_name": last_name}
-    member, created = store().update(
-        lambda txn: members.make_admin(txn, data["email"], password_hash, utc_stamp(), names)
-    )
+    moment = utc_stamp()
+    member, created = store().update(lambda txn: members.make_admin(txn, data["email"], password_hash, moment, names))
     what = "created admin" if created else "made an admin (with the new password):"
     click.echo(f"{what} {member['email']} (member {member['id']})")
 
@@ -1133,13 +1153,13 @@ class DryRun(Exception):
 def import_rows(rows: list[loader.Row], dry_run: bool = False) -> dict[str, Any]:
     """Validate and upsert ``rows`` in one transaction; returns counts and the skipped rows."""
     report: dict[str, Any] = {"created": 0, "updated": 0, "unchanged": 0, "skipped": []}
-    now = catalogue.utcnow()
+    moment, index = catalogue.utcnow(), writer_index()
 
     def run(txn: Any) -> None:
         for line, fields in rows:
             try:
                 data = book_schema.load(_import_fields(fields))
-                _, outcome = catalogue.upsert_book(txn, writer_index(), data, now)
+                _, outcome = catalogue.upsert_book(txn, index, data, moment)
             except ValidationError as exc:
                 report["skipped"].append((line, _reason(exc.messages)))
                 continue

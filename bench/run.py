@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -316,13 +316,17 @@ LOG_PROBLEM = re.compile(r"\bERROR\b|CRITICAL|WORKER TIMEOUT|^[\w.]+(Error|Excep
 class Server:
     """gunicorn serving library_api as the Procfile starts it, on a temporary copy of a catalogue.
 
+    ``extra_files`` maps file names to files copied into the data directory beside books.json
+    before the server starts (circulation.py writes its members.json so).
+
     Use as a context manager: entering starts it, waits until it answers and every worker has
     loaded the catalogue, and signs in a librarian for the writes (:attr:`token`); leaving stops it
     (also on Ctrl-C or an exception) and deletes the copy and the server's log.
     """
 
-    def __init__(self, catalogue: Path, workers: int | None) -> None:
+    def __init__(self, catalogue: Path, workers: int | None, extra_files: Mapping[str, Path] | None = None) -> None:
         self.catalogue = catalogue
+        self.extra_files = dict(extra_files or {})
         self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -357,6 +361,8 @@ class Server:
         data_dir = self.tmp / "data"
         data_dir.mkdir()
         shutil.copyfile(self.catalogue, data_dir / "books.json")
+        for name, path in self.extra_files.items():
+            shutil.copyfile(path, data_dir / name)
         env = dict(os.environ)
         env.pop("GUNICORN_ACCESSLOG", None)
         env.update(PORT=str(self.port), HOST="127.0.0.1", LIBRARY_DATA_DIR=str(data_dir), LIBRARY_SEED_FILE="")
@@ -506,7 +512,15 @@ class WrkError(Exception):
 
 
 def run_wrk(
-    wrk: str, url: str, token: str, scenario: Scenario, facts: Facts, run: int, duration: int
+    wrk: str,
+    url: str,
+    token: str,
+    scenario: Scenario,
+    facts: Facts,
+    run: int,
+    duration: int,
+    threads: int = WRK_THREADS,
+    connections: int = WRK_CONNECTIONS,
 ) -> dict[str, Any]:
     """One wrk run of ``scenario``; returns its req/s, latencies (ms), status counts and errors.
 
@@ -514,7 +528,7 @@ def run_wrk(
     without it, anonymous.
     """
     command = [
-        wrk, "--threads", str(WRK_THREADS), "--connections", str(WRK_CONNECTIONS), "--duration", f"{duration}s",
+        wrk, "--threads", str(threads), "--connections", str(connections), "--duration", f"{duration}s",
         "--timeout", WRK_TIMEOUT, "--latency", "--script", str(BENCH_DIR / scenario.script),
         url, "--", str(run), *scenario.args(facts),
     ]  # fmt: skip
@@ -539,7 +553,16 @@ def run_wrk(
     }
 
 
-def run_watched(server: Server, wrk: str, scenario: Scenario, facts: Facts, run: int, duration: int) -> dict[str, Any]:
+def run_watched(
+    server: Server,
+    wrk: str,
+    scenario: Scenario,
+    facts: Facts,
+    run: int,
+    duration: int,
+    threads: int = WRK_THREADS,
+    connections: int = WRK_CONNECTIONS,
+) -> dict[str, Any]:
     """:func:`run_wrk`, its result completed with ``cpu_ms_per_req``, the server's CPU time (master
     and workers, user + system) per completed request, which CPU taken by others changes much less
     than req/s; and with the shares of the machine's CPUs that others took meanwhile, which lower
@@ -548,7 +571,7 @@ def run_watched(server: Server, wrk: str, scenario: Scenario, facts: Facts, run:
     began = time.monotonic()
     used, stolen = machine_cpu_seconds()
     server_cpu, wrk_cpu = server.cpu_seconds(), children_cpu_seconds()
-    result = run_wrk(wrk, server.url, server.token, scenario, facts, run, duration)
+    result = run_wrk(wrk, server.url, server.token, scenario, facts, run, duration, threads, connections)
     used_after, stolen_after = machine_cpu_seconds()
     server_cpu = server.cpu_seconds() - server_cpu
     wrk_cpu = children_cpu_seconds() - wrk_cpu

@@ -449,3 +449,103 @@ def test_one_member_racing_past_the_loan_limit_gets_no_more_than_the_limit(tmp_p
     assert sorted(statuses) == [201] * 5 + [409] * 7
     loans = orjson.loads((data / "loans.json").read_bytes())["loans"]
     assert len(loans) == 5
+
+
+def test_writes_committed_by_the_housekeeper_keep_their_own_request(app, anon, desk, ada, bob, clock):
+    """Group commit: the thread that takes the lock runs every waiting write. Here the hold
+    housekeeper (no request, no app context) commits five queued requests: each must be judged
+    by its own headers and time."""
+    import threading
+    import time
+
+    admin = client_as(app, "admin")
+    kept, stale_one, fresh_one, wanted = (new_book(desk, t) for t in ("Kept", "Stale", "Fresh", "Wanted"))
+    borrow(ada, kept)
+    bob.post(f"/books/{kept}/hold")
+    ada.post(f"/books/{kept}/return")
+    clock.advance(days=3)  # bob's keep is over: the housekeeper has work
+    leaving = client_as(app, "member")
+    stale_etag = desk.get(f"/books/{stale_one}").headers["ETag"]
+    desk.patch(f"/books/{stale_one}", json={"genre": "changed"})
+    fresh_etag = desk.get(f"/books/{fresh_one}").headers["ETag"]
+    calls = {
+        "stale delete": lambda: desk.delete(f"/books/{stale_one}", headers={"If-Match": stale_etag}),
+        "fresh delete": lambda: desk.delete(f"/books/{fresh_one}", headers={"If-Match": fresh_etag}),
+        "rename": lambda: desk.patch(f"/members/{ada.member['id']}", json={"first_name": "Augusta"}),
+        "borrow": lambda: borrow(ada, wanted),
+        "member delete": lambda: admin.delete(f"/members/{leaving.member['id']}"),
+    }
+    statuses: dict[str, int] = {}
+    threads = [
+        threading.Thread(target=lambda n=n, c=c: statuses.__setitem__(n, c().status_code)) for n, c in calls.items()
+    ]
+    store = app.extensions["library_store"]
+    with store._mutex:  # the writes queue up behind this thread, which then leads their commit
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(store._queue) < len(calls):
+            assert time.monotonic() < deadline, "the writes did not queue"
+            time.sleep(0.001)
+        assert app.extensions["library_housekeeper"].run_once() == 1
+    for thread in threads:
+        thread.join()
+    assert statuses == {"stale delete": 412, "fresh delete": 200, "rename": 200, "borrow": 201, "member delete": 200}
+    assert anon.get(f"/books/{kept}").get_json()["status"] == "available"
+
+
+def test_deleting_a_member_a_book_is_kept_for_passes_it_on(app, anon, desk, ada, bob):
+    carol = client_as(app, "member", "carol@example.org")
+    admin = client_as(app, "admin")
+    book_id = new_book(desk)
+    borrow(ada, book_id)
+    bob.post(f"/books/{book_id}/hold")
+    carol.post(f"/books/{book_id}/hold")
+    ada.post(f"/books/{book_id}/return")  # kept for bob
+    assert admin.delete(f"/members/{bob.member['id']}").status_code == 200
+    carols = carol.get("/holds").get_json()["holds"][0]
+    assert (carols["status"], carols["position"]) == ("ready", 1)
+    assert anon.get(f"/books/{book_id}").get_json()["status"] == "on_hold"
+    assert_problem(borrow(ada, book_id), 409)
+    assert borrow(carol, book_id).status_code == 201
+    assert carol.get("/holds").get_json()["holds"][0]["status"] == "fulfilled"
+
+
+def test_a_renewal_and_a_return_are_updates_of_the_book_on_the_feed(anon, desk, ada):
+    book_id = new_book(desk)
+    loan = borrow(ada, book_id).get_json()
+    since = anon.get("/changes").get_json()["last_seq"]
+    ada.post(f"/loans/{loan['id']}/renew")
+    ada.post(f"/books/{book_id}/return")
+    events = anon.get(f"/changes?since={since}").get_json()["changes"]
+    assert [(e["action"], e["book"]["status"], e["book"]["due_at"]) for e in events] == [
+        ("updated", "checked_out", "2026-03-30T09:00:00Z"),
+        ("updated", "available", None),
+    ]
+
+
+def test_others_loans_and_holds_are_not_shown_to_a_member(desk, ada, bob):
+    book_id = new_book(desk)
+    loan = borrow(ada, book_id).get_json()
+    hold = bob.post(f"/books/{book_id}/hold").get_json()
+    assert_problem(bob.get(f"/loans/{loan['id']}"), 403)
+    assert_problem(ada.get(f"/holds/{hold['id']}"), 403)
+    assert_problem(ada.get(f"/holds?member_id={bob.member['id']}"), 403)
+    assert desk.get(f"/loans/{loan['id']}").status_code == 200
+
+
+def test_a_backdated_loan_must_be_a_real_recent_time(desk, ada):
+    book_id = new_book(desk)
+    for when in ("0001-01-01T00:00:00+01:00", "2024-01-01T00:00:00Z", "yesterday", "2026-03-01T10:00:00"):
+        body = {"member_id": ada.member["id"], "borrowed_at": when}
+        assert "borrowed_at" in assert_problem(borrow(desk, book_id, **body), 422)["errors"], when
+
+
+def test_loan_and_hold_lists_send_etags(desk, ada, bob):
+    book_id = new_book(desk)
+    borrow(ada, book_id)
+    bob.post(f"/books/{book_id}/hold")
+    for path in ("/loans", "/holds", "/loans/1", "/holds/1"):
+        first = desk.get(path)
+        assert first.status_code == 200 and first.headers["ETag"]
+        assert desk.get(path, headers={"If-None-Match": first.headers["ETag"]}).status_code == 304
