@@ -3,6 +3,9 @@
 -- is one client waiting for each answer before it sends the next request: client i lends books
 -- first + i * count .. first + i * count + count - 1 (in turn) to member first_member + i, signed in
 -- as the benchmark's librarian. Args: run number, first member id, first book id, books per client.
+--
+-- The next step is taken when an answer arrives, not when a request is made: wrk calls request()
+-- once more than it sends (to check the script), and a request lost with its connection is sent again.
 dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
 
 local lend_headers = signed_in({["Content-Type"] = "application/json"})
@@ -20,10 +23,17 @@ end
 function request()
    local path = "/books/" .. (first + n % count)
    if lending then
-      lending = false
       return wrk.format("POST", path .. "/borrow", lend_headers, lend_body)
    end
-   lending = true
-   n = n + 1
    return wrk.format("POST", path .. "/return", return_headers)
+end
+
+local count_status = response
+
+function response(status, headers, body)
+   count_status(status, headers, body)
+   if not lending then
+      n = n + 1
+   end
+   lending = not lending
 end
