@@ -15,11 +15,12 @@ from typing import Any
 import jwt
 import orjson
 import pytest
+from websockets.sync.client import connect
 
 import auth
 from library_api import create_app
 from tests.conftest import BOOK, TEST_SECRET, Clock, add_member, assert_problem, client_as, token_for
-from tests.servers import gunicorn_server
+from tests.servers import gunicorn_server, librarian
 
 PASSWORD = "correct horse battery"
 WRONG = "wrong password!"
@@ -241,9 +242,15 @@ def _login_over_http(port: int, email: str, password: str) -> tuple[int, dict[st
 
 def test_the_lockout_holds_across_servers_on_one_data_directory(tmp_path):
     """Two gunicorn servers (so certainly different processes) share the data directory: failures
-    counted by one lock the email out on the other. Nothing secret reaches their logs."""
+    counted by one lock the email out on the other. Nothing secret reaches their logs or a live
+    client."""
     data = tmp_path / "data"
-    with gunicorn_server(data, workers=2) as one, gunicorn_server(data, workers=2) as two:
+    with (
+        gunicorn_server(data, workers=2) as one,
+        gunicorn_server(data, workers=2) as two,
+        connect(f"ws://127.0.0.1:{two}/ws", proxy=None) as live,
+    ):
+        assert json.loads(live.recv(timeout=30))["action"] == "initial_load"
         conn = http.client.HTTPConnection("127.0.0.1", one, timeout=30)
         body = json.dumps({"email": "ada@example.org", "password": PASSWORD, "first_name": "A", "last_name": "L"})
         conn.request("POST", "/auth/register", body, {"Content-Type": "application/json"})
@@ -254,6 +261,13 @@ def test_the_lockout_holds_across_servers_on_one_data_directory(tmp_path):
         for port in (two, one):
             status, problem = _login_over_http(port, "ada@example.org", PASSWORD)
             assert status == 429, problem
+        conn = http.client.HTTPConnection("127.0.0.1", one, timeout=30)
+        conn.request("POST", "/books", json.dumps(BOOK), librarian[one])
+        assert conn.getresponse().status == 201
+        conn.close()
+        heard = live.recv(timeout=30)  # the book, and nothing of the sign-ins before it
+    assert json.loads(heard)["book"]["title"] == BOOK["title"]
+    assert "ada@example.org" not in heard and "argon2" not in heard and PASSWORD not in heard
     logs = "".join(p.read_text() for p in tmp_path.glob("gunicorn-*.log"))
     assert logs and PASSWORD not in logs and WRONG not in logs and "argon2" not in logs
 
