@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 import orjson
-from flask import Blueprint, Flask, Response, current_app, g, request, send_from_directory, url_for
+from flask import Blueprint, Flask, Request, Response, current_app, g, request, send_from_directory, url_for
 from flask.cli import with_appcontext
 from flask.json.provider import JSONProvider
 from flask_cors import CORS
@@ -30,6 +30,7 @@ from werkzeug.exceptions import (
     Forbidden,
     HTTPException,
     NotFound,
+    RequestEntityTooLarge,
     ServiceUnavailable,
     Unauthorized,
     UnsupportedMediaType,
@@ -44,6 +45,7 @@ import live
 import loader
 import members
 import readcache
+import uploads
 from catalogue import BookQuery, CatalogueView, WriterIndex
 from schemas import (
     BookListSchema,
@@ -144,10 +146,13 @@ SETTINGS = (
     Setting("MAX_FINE", "20.00", "The most one loan's fine can reach."),
     Setting("MAX_FINES_DUE", "10.00", "A member who owes more than this cannot borrow until they pay."),
     Setting("HOLD_DAYS", 3, "Days a returned book is kept for the first member waiting for it."),
+    Setting("MAX_UPLOAD_MB", 10, "The largest cover or document accepted, in MB (413 beyond it)."),
 )
 """Every setting: ``LIBRARY_<NAME>`` in the environment (or ``.env``), ``<NAME>`` in app.config."""
 
 MAX_JSON_BYTES = 1024 * 1024
+UPLOAD_OVERHEAD = 64 * 1024
+"""Room for the multipart framing around an upload of the largest allowed size."""
 COLLECTIONS = ("books", "members", "loans", "holds", "payments", "logins")
 """One JSON file each in the data directory."""
 
@@ -473,8 +478,113 @@ def delete_book(book_id: int) -> Response:
     """Delete a book (not while it is on loan)."""
     actor = signed_in("librarian")
     condition, moment = if_match(), stamp(now())
-    write_books(lambda txn: catalogue.delete_book(txn, book_id, condition, moment), actor)
+    book = write_books(lambda txn: catalogue.delete_book(txn, book_id, condition, moment), actor)
+    for field in ("cover_url", "document_url"):  # its files go with it
+        uploads.remove(data_dir(), file_name(book.get(field)))
     return json_response(orjson.dumps({"message": "Book deleted successfully"}))
+
+
+# -- routes: covers and documents ------------------------------------------------------------------
+
+
+@api.post("/books/<id:book_id>/cover")
+@documented(upload=True, response=BookSchema, errors=(404, 413, 415, 422), auth="librarian")
+def upload_cover(book_id: int) -> Response:
+    """Attach a cover image (JPEG, PNG, WebP or GIF) to a book, replacing the one it had."""
+    return attach_file(book_id, "cover")
+
+
+@api.post("/books/<id:book_id>/document")
+@documented(upload=True, response=BookSchema, errors=(404, 413, 415, 422), auth="librarian")
+def upload_document(book_id: int) -> Response:
+    """Attach a document (PDF or EPUB) to a book, replacing the one it had."""
+    return attach_file(book_id, "document")
+
+
+@api.get("/uploads/<name>")
+def uploaded_file(name: str) -> Response:
+    """A cover or document, under the name its book's ``cover_url`` or ``document_url`` gives.
+    Names are never reused, so the answer may be cached for good."""
+    if not uploads.NAME.match(name):
+        raise NotFound("File not found")
+    kind = uploads.BY_EXTENSION[name.rsplit(".", 1)[1]]
+    response = send_from_directory(
+        data_dir() / uploads.FOLDER, name, mimetype=kind.media_type, max_age=31536000, etag=True, conditional=True
+    )
+    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def data_dir() -> Path:
+    return Path(store().directory)
+
+
+class LibraryRequest(Request):
+    """Flask's request, writing uploaded files straight into the uploads folder as they arrive."""
+
+    def _get_file_stream(
+        self, total_content_length: int | None, content_type: str | None, filename: str | None = None,
+        content_length: int | None = None,
+    ) -> Any:  # fmt: skip
+        if filename is None or not (self.endpoint or "").startswith("api.upload_"):
+            return super()._get_file_stream(total_content_length, content_type, filename, content_length)
+        stream = uploads.spool(data_dir())
+        g.setdefault("upload_spools", []).append(stream)
+        return stream
+
+
+def drop_spools(exc: BaseException | None) -> None:
+    """Whatever an upload request spooled and did not keep (refused, too large, a crash of the
+    request) is removed when it ends."""
+    for stream in g.pop("upload_spools", []):
+        stream.close()
+        Path(stream.name).unlink(missing_ok=True)
+
+
+def file_name(url: str | None) -> str | None:
+    return url.rsplit("/", 1)[-1] if url else None
+
+
+def attach_file(book_id: int, purpose: str) -> Response:
+    """Stream the upload to disk (judged by its bytes, within the size limit), then point the book
+    at it, then remove the file it replaces. A failure leaves the book as it was."""
+    actor = signed_in("librarian")
+    if book_id not in view().books:
+        raise NotFound("Book not found")
+    limit = int(float(current_app.config["MAX_UPLOAD_MB"]) * 1024 * 1024)
+    request.max_content_length = limit + UPLOAD_OVERHEAD  # werkzeug stops reading beyond it (413)
+    if request.content_length is not None and request.content_length > request.max_content_length:
+        raise RequestEntityTooLarge(f"The file is larger than the limit of {current_app.config['MAX_UPLOAD_MB']} MB")
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType("Send the file as multipart/form-data, in the field file")
+    try:
+        upload = request.files.get("file")
+    except RequestEntityTooLarge:
+        too_large = f"The file is larger than the limit of {current_app.config['MAX_UPLOAD_MB']} MB"
+        raise RequestEntityTooLarge(too_large) from None
+    if upload is None:
+        raise ValidationError({"file": ["Send the file in the multipart field file."]})
+    client_name = upload.filename or ""
+    if any(bad in client_name for bad in ("/", "\\", "\x00", "..")):
+        raise ValidationError({"file": ["The file name must not contain a path, .. or NUL."]})
+    try:
+        name, _, _ = uploads.save(upload.stream, data_dir(), purpose, limit)
+    except uploads.UploadError as exc:
+        return problem(exc.status, str(exc))
+    field, url, moment = f"{purpose}_url", f"/uploads/{name}", catalogue.utcnow()
+
+    def point(txn: Any) -> tuple[dict[str, Any], str | None]:
+        book = txn.get_or_fail("books", book_id, "Book not found")
+        return txn.put("books", {**book, field: url, "updated_at": moment}), book.get(field)
+
+    try:
+        book, replaced = write_books(point, actor)
+    except BaseException:
+        uploads.remove(data_dir(), name)
+        raise
+    uploads.remove(data_dir(), file_name(replaced))
+    return book_response(book)
 
 
 def if_match() -> Any:
@@ -1040,6 +1150,13 @@ def _operation(view_fn: Callable[..., Any], doc: dict[str, Any], params: list[di
         op["responses"]["200"] = {"description": "Updated an existing book", "content": content}
     if doc.get("query"):
         op["parameters"].append({"in": "query", "schema": doc["query"]})
+    if doc.get("upload"):
+        binary = {
+            "type": "object",
+            "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary"}},
+        }
+        op["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": binary}}}
     if doc.get("body"):
         body = "BookPatch" if doc.get("partial") else doc["body"]
         required = not doc.get("body_optional")
@@ -1243,6 +1360,7 @@ def lending_rules(config: Any) -> circulation.Rules:
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the application: settings, storage, errors, routes, commands."""
     app = Flask(__name__, instance_relative_config=True, static_folder=str(HERE / "static"))
+    app.request_class = LibraryRequest
     app.config.from_mapping({s.name: s.default for s in SETTINGS})
     app.config.from_prefixed_env("LIBRARY")
     if test_config:
@@ -1256,6 +1374,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["library_store"] = open_store(app)
     app.extensions["library_writer_index"] = WriterIndex()
     app.extensions["library_rules"] = lending_rules(app.config)
+    books = app.extensions["library_store"].snapshot().tables["books"].records.values()
+    referenced = {file_name(b.get(f)) for b in books for f in ("cover_url", "document_url") if b.get(f)}
+    uploads.clean(Path(app.extensions["library_store"].directory), referenced)
     if int(app.config["TOKEN_TTL"]) < 1:
         raise ValueError("LIBRARY_TOKEN_TTL must be at least 1 (seconds)")
     clock = app.config.get("CLOCK") or (lambda: datetime.now(UTC))
@@ -1277,6 +1398,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     }
     app.before_request(reserve_live_slot)
     app.teardown_request(release_live_slot)
+    app.teardown_request(drop_spools)
     sock.init_app(app)
     origins = [o.strip() for o in str(app.config["CORS_ORIGINS"]).split(",") if o.strip()]
     if origins:

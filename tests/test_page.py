@@ -288,3 +288,34 @@ def test_on_a_phone_the_books_are_cards_that_fit_the_screen(server, browser, tmp
         phone.screenshot(path=str(shot), full_page=True)
         print(f"screenshot of the page on a phone: {shot}")
         context.close()
+
+
+def test_an_uploaded_cover_shows_on_the_page(server, page):
+    """A librarian uploads a cover; the page shows the image itself (loaded, not a broken link)."""
+    from tests.test_uploads import png  # a real 1x1 PNG
+
+    port, _ = server
+    word = unique_word()
+    book = create_book(port, f"Covered {word}")
+    boundary = "page-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="c.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {**librarian[port], "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    conn.request("POST", f"/books/{book['id']}/cover", body, headers)
+    response = conn.getresponse()
+    assert response.status == 200, response.read()
+    cover_url = json.loads(response.read())["cover_url"]
+    conn.close()
+    page.goto(f"http://127.0.0.1:{port}/")
+    page.get_by_test_id("search").fill(word)
+    image = row(page, f"Covered {word}").locator("img.cover")
+    expect(image).to_have_attribute("src", cover_url)
+    expect(image).to_have_js_property("complete", True)
+    assert image.evaluate("img => img.naturalWidth") == 1

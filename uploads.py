@@ -1,0 +1,226 @@
+"""Covers and documents: what a file is (from its first bytes), and keeping it safely on disk.
+
+No Flask here. A file is streamed into a temporary file in the uploads folder (never held whole
+in memory), its kind is decided from its first bytes only (never from its name or the type the
+client claims), then it is fsync'd and renamed to a generated name, and only after that does a book
+point at it. A crash leaves at worst an orphan file, which :func:`clean` removes at start-up.
+Images are never decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+log = logging.getLogger("library_api")
+
+FOLDER = "uploads"
+CHUNK = 64 * 1024
+ORPHAN_AGE = 300
+"""Seconds after which a file no book points at is an orphan (younger ones may be on their way)."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    extension: str
+    media_type: str
+
+
+JPEG = Kind("JPEG", "jpg", "image/jpeg")
+PNG = Kind("PNG", "png", "image/png")
+WEBP = Kind("WebP", "webp", "image/webp")
+GIF = Kind("GIF", "gif", "image/gif")
+PDF = Kind("PDF", "pdf", "application/pdf")
+EPUB = Kind("EPUB", "epub", "application/epub+zip")
+
+KINDS = {"cover": (JPEG, PNG, WEBP, GIF), "document": (PDF, EPUB)}
+BY_EXTENSION = {kind.extension: kind for kinds in KINDS.values() for kind in kinds}
+HEAD = 64
+"""How many first bytes :func:`sniff` needs."""
+
+NAME = re.compile(r"^[0-9a-f]{32}\.(jpg|png|webp|gif|pdf|epub)$")
+
+
+def sniff(head: bytes) -> Kind | None:
+    """The kind of a file from its first :data:`HEAD` bytes, or None when it is none we take.
+
+    Each check asks for more than the magic number: the header that must follow it, so that a
+    truncated or forged header is refused.
+    """
+    if head[:3] == b"\xff\xd8\xff" and len(head) >= 4 and head[3] in range(0xC0, 0x100):
+        return JPEG
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        # The IHDR chunk must come first: length 13, type, width and height > 0.
+        if len(head) >= 33 and head[8:16] == b"\x00\x00\x00\x0dIHDR":
+            width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            if width > 0 and height > 0:
+                return PNG
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and head[12:16] in (b"VP8 ", b"VP8L", b"VP8X"):
+        return WEBP
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 13:
+        return GIF
+    if head[:5] == b"%PDF-" and re.match(rb"%PDF-\d\.\d", head):
+        return PDF
+    # EPUB (OCF): a ZIP whose first entry is the uncompressed file "mimetype" saying so.
+    if head[:4] == b"PK\x03\x04" and head[30:38] == b"mimetype" and head[38:58] == b"application/epub+zip":
+        return EPUB
+    return None
+
+
+class UploadError(Exception):
+    """A file refused; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def folder(data_dir: Path) -> Path:
+    path = data_dir / FOLDER
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def spool(data_dir: Path) -> BinaryIO:
+    """A temporary file in the uploads folder for the request parser to write an upload into as it
+    arrives (instead of memory or the system's temporary folder): :func:`save` then only has to
+    check it and rename it."""
+    return open(folder(data_dir) / f".{os.getpid()}-{uuid.uuid4().hex}.tmp", "w+b")  # noqa: SIM115
+
+
+def save(stream: BinaryIO, data_dir: Path, purpose: str, limit: int) -> tuple[str, Kind, int]:
+    """Keep ``stream`` in the uploads folder as a cover or a document.
+
+    :returns: the generated file name, its kind and its size.
+    :raises UploadError: 413 beyond ``limit`` bytes, 422 when empty, 415 when its bytes are not
+        a kind ``purpose`` takes. Nothing is left on disk then.
+    """
+    where = folder(data_dir)
+    if Path(getattr(stream, "name", "") or "").parent == where:
+        return _keep_spooled(stream, where, purpose, limit)
+    temp = where / f".{os.getpid()}-{uuid.uuid4().hex}.tmp"
+    size = 0
+    head = b""
+    try:
+        with open(temp, "wb") as out:
+            for chunk in _chunks(stream):
+                size += len(chunk)
+                if size > limit:
+                    raise UploadError(413, f"The file is larger than the limit of {limit // (1024 * 1024)} MB")
+                if len(head) < HEAD:
+                    head += chunk[: HEAD - len(head)]
+                out.write(chunk)
+            if size == 0:
+                raise UploadError(422, "The file is empty")
+            kind = _judge(head, purpose)
+            out.flush()
+            os.fsync(out.fileno())
+        name = f"{uuid.uuid4().hex}.{kind.extension}"
+        os.replace(temp, where / name)
+        _fsync_dir(where)
+        return name, kind, size
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _keep_spooled(stream: BinaryIO, where: Path, purpose: str, limit: int) -> tuple[str, Kind, int]:
+    temp = Path(stream.name)
+    try:
+        size = stream.seek(0, os.SEEK_END)
+        if size > limit:
+            raise UploadError(413, f"The file is larger than the limit of {limit // (1024 * 1024)} MB")
+        if size == 0:
+            raise UploadError(422, "The file is empty")
+        stream.seek(0)
+        kind = _judge(stream.read(HEAD), purpose)
+        stream.flush()
+        os.fsync(stream.fileno())
+        name = f"{uuid.uuid4().hex}.{kind.extension}"
+        os.replace(temp, where / name)
+        _fsync_dir(where)
+        return name, kind, size
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _judge(head: bytes, purpose: str) -> Kind:
+    kind = sniff(head)
+    if kind is None or kind not in KINDS[purpose]:
+        names = ", ".join(k.name for k in KINDS[purpose])
+        raise UploadError(415, f"The file is not one of: {names} (judged from its bytes, not its name)")
+    return kind
+
+
+def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+    while True:
+        chunk = stream.read(CHUNK)
+        if not chunk:
+            return
+        yield chunk
+
+
+def remove(data_dir: Path, name: str | None) -> None:
+    """Delete an uploaded file no book points at any more (missing is fine)."""
+    if name and NAME.match(name):
+        (data_dir / FOLDER / name).unlink(missing_ok=True)
+
+
+def clean(data_dir: Path, referenced: set[str], now: float | None = None) -> list[str]:
+    """Remove what interrupted uploads left: temporary files of processes that are gone, and files
+    no book points at that are older than :data:`ORPHAN_AGE`. Returns the names removed."""
+    where = data_dir / FOLDER
+    if not where.is_dir():
+        return []
+    moment = time.time() if now is None else now
+    removed = []
+    for path in where.iterdir():
+        name = path.name
+        if name.endswith(".tmp") and name.startswith("."):
+            pid = name[1:].split("-", 1)[0]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+        elif NAME.match(name):
+            if name in referenced or moment - path.stat().st_mtime < ORPHAN_AGE:
+                continue
+        else:
+            continue
+        log.info("removing %s, left by an interrupted upload or a delete", path)
+        path.unlink(missing_ok=True)
+        removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:  # a killed process nobody has reaped yet still has a pid, as a zombie
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
