@@ -44,6 +44,7 @@ import circulation
 import live
 import loader
 import members
+import operations
 import readcache
 import uploads
 from catalogue import BookQuery, CatalogueView, WriterIndex
@@ -147,6 +148,11 @@ SETTINGS = (
     Setting("MAX_FINES_DUE", "10.00", "A member who owes more than this cannot borrow until they pay."),
     Setting("HOLD_DAYS", 3, "Days a returned book is kept for the first member waiting for it."),
     Setting("MAX_UPLOAD_MB", 10, "The largest cover or document accepted, in MB (413 beyond it)."),
+    Setting(
+        "WARN_EPHEMERAL_DISK",
+        True,
+        "Warn at start-up when, on a PaaS, the data directory looks like the platform's throw-away disk.",
+    ),
 )
 """Every setting: ``LIBRARY_<NAME>`` in the environment (or ``.env``), ``<NAME>`` in app.config."""
 
@@ -505,14 +511,22 @@ def upload_document(book_id: int) -> Response:
 def uploaded_file(name: str) -> Response:
     """A cover or document, under the name its book's ``cover_url`` or ``document_url`` gives.
     Names are never reused, so the answer may be cached for good."""
-    if not uploads.NAME.match(name):
+    if not uploads.NAME.fullmatch(name):
         raise NotFound("File not found")
     kind = uploads.BY_EXTENSION[name.rsplit(".", 1)[1]]
+    document = kind in uploads.KINDS["document"]
     response = send_from_directory(
-        data_dir() / uploads.FOLDER, name, mimetype=kind.media_type, max_age=31536000, etag=True, conditional=True
+        data_dir() / uploads.FOLDER,
+        name,
+        mimetype=kind.media_type,
+        max_age=31536000,
+        etag=True,
+        conditional=True,
+        as_attachment=document,  # a document is downloaded, never rendered in our origin
     )
     response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
     response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response
 
 
@@ -554,6 +568,7 @@ def attach_file(book_id: int, purpose: str) -> Response:
         raise NotFound("Book not found")
     limit = int(float(current_app.config["MAX_UPLOAD_MB"]) * 1024 * 1024)
     request.max_content_length = limit + UPLOAD_OVERHEAD  # werkzeug stops reading beyond it (413)
+    request.max_form_parts = 4  # each file part would hold a file open until the request ends
     if request.content_length is not None and request.content_length > request.max_content_length:
         raise RequestEntityTooLarge(f"The file is larger than the limit of {current_app.config['MAX_UPLOAD_MB']} MB")
     if request.mimetype != "multipart/form-data":
@@ -565,6 +580,8 @@ def attach_file(book_id: int, purpose: str) -> Response:
         raise RequestEntityTooLarge(too_large) from None
     if upload is None:
         raise ValidationError({"file": ["Send the file in the multipart field file."]})
+    if len(request.files.getlist("file")) > 1 or len(request.files) > 1:
+        raise ValidationError({"file": ["Send one file, in the field file."]})
     client_name = upload.filename or ""
     if any(bad in client_name for bad in ("/", "\\", "\x00", "..")):
         raise ValidationError({"file": ["The file name must not contain a path, .. or NUL."]})
@@ -574,14 +591,24 @@ def attach_file(book_id: int, purpose: str) -> Response:
         return problem(exc.status, str(exc))
     field, url, moment = f"{purpose}_url", f"/uploads/{name}", catalogue.utcnow()
 
+    refused = False
+
     def point(txn: Any) -> tuple[dict[str, Any], str | None]:
-        book = txn.get_or_fail("books", book_id, "Book not found")
+        nonlocal refused
+        book = txn.get("books", book_id)
+        if book is None:
+            refused = True
+            raise NotFoundError("Book not found")
         return txn.put("books", {**book, field: url, "updated_at": moment}), book.get(field)
 
     try:
         book, replaced = write_books(point, actor)
-    except BaseException:
-        uploads.remove(data_dir(), name)
+    except BaseException as exc:
+        # Only a change refused or never tried is sure not to point at the file: a commit that
+        # failed late may be in the journal, and the file must then stay (start-up removes it if
+        # no book points at it).
+        if refused or isinstance(exc, members.PermissionDenied | LockTimeoutError | CorruptFileError):
+            uploads.remove(data_dir(), name)
         raise
     uploads.remove(data_dir(), file_name(replaced))
     return book_response(book)
@@ -1183,18 +1210,26 @@ def _operation(view_fn: Callable[..., Any], doc: dict[str, Any], params: list[di
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
 def load_books_command(path: Path, dry_run: bool) -> None:
-    """Import books from a JSON or CSV file (upserting by ISBN, then title+author+year)."""
+    """Import books from a JSON or CSV file, or a Goodreads CSV or LibraryThing TSV export (the
+    format told from the file's content), upserting by ISBN, then title+author+year."""
     try:
-        rows = loader.read_rows(path)
+        book_file = loader.read_file(path)
     except loader.UnreadableFileError as exc:
         raise click.ClickException(str(exc)) from None
-    report = import_rows(rows, dry_run)
+    rows = book_file.rows
+    if loader.wants_progress(len(rows), sys.stderr):
+        label = f"{'Checking' if dry_run else 'Importing'} {path.name}"
+        with click.progressbar(length=len(rows), label=label, file=sys.stderr) as bar:
+            report = import_rows(rows, dry_run, progress=bar.update)
+    else:
+        report = import_rows(rows, dry_run)
     for line, reason in report["skipped"]:
         click.echo(f"line {line}: skipped: {reason}")
     prefix = "dry run: would have " if dry_run else ""
     click.echo(
         f"{prefix}created {report['created']}, updated {report['updated']}, "
-        f"unchanged {report['unchanged']}, skipped {len(report['skipped'])} (of {len(rows)} rows in {path.name})"
+        f"unchanged {report['unchanged']}, skipped {len(report['skipped'])} "
+        f"(of {len(rows)} rows in {path.name}, read as {book_file.format_name})"
     )
 
 
@@ -1263,12 +1298,58 @@ def utc_stamp() -> str:
     return stamp(datetime.now(UTC))
 
 
+@click.command("export")
+@with_appcontext
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="json", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="A file instead of stdout.")
+def export_command(fmt: str, output: Path | None) -> None:
+    """Write the catalogue as CSV or JSON; load-books reads either back unchanged."""
+    current = view()
+    data = operations.export_books((current.public(book_id) for book_id in current.books), fmt)
+    if output is None:
+        click.echo(data.decode(), nl=False)
+    else:
+        output.write_bytes(data)
+        click.echo(f"exported {len(current.books)} books to {output}", err=True)
+
+
+@click.command("backup")
+@with_appcontext
+@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def backup_command(path: Path | None) -> None:
+    """Write one consistent archive of the data directory (safe while the server runs)."""
+    target = path or Path(f"library-backup-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.tar.gz")
+    report = operations.backup(store(), target)
+    click.echo(f"backed up {report.files} files at seq {report.seq} to {report.path} ({report.size} bytes)")
+
+
+@click.command("restore")
+@with_appcontext
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace the data already there (it is kept aside, not deleted).")
+def restore_command(path: Path, force: bool) -> None:
+    """Put a backup back into the data directory, after checking it whole."""
+    directory = data_dir()
+    if current_app.extensions.get("library_was_empty"):
+        force = True  # only what this command's own start-up wrote is there
+    try:
+        aside = operations.restore(path, directory, COLLECTIONS, force)
+    except operations.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"restored {path} into {directory}")
+    if aside is not None:
+        click.echo(f"the data it replaced is kept in {aside}")
+
+
 class DryRun(Exception):
     """Raised inside a transaction to throw its changes away."""
 
 
-def import_rows(rows: list[loader.Row], dry_run: bool = False) -> dict[str, Any]:
-    """Validate and upsert ``rows`` in one transaction; returns counts and the skipped rows."""
+def import_rows(
+    rows: list[loader.Row], dry_run: bool = False, progress: Callable[[int], Any] | None = None
+) -> dict[str, Any]:
+    """Validate and upsert ``rows`` in one transaction; returns counts and the skipped rows.
+    ``progress(1)`` is called after each row (a progress bar's ``update``)."""
     report: dict[str, Any] = {"created": 0, "updated": 0, "unchanged": 0, "skipped": []}
     moment, index = catalogue.utcnow(), writer_index()
 
@@ -1283,6 +1364,9 @@ def import_rows(rows: list[loader.Row], dry_run: bool = False) -> dict[str, Any]
             except ConflictError as exc:
                 report["skipped"].append((line, str(exc)))
                 continue
+            finally:
+                if progress is not None:
+                    progress(1)
             report[outcome] += 1
         if dry_run:
             raise DryRun
@@ -1371,7 +1455,18 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.url_map.strict_slashes = False
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    directory = Path(app.config["DATA_DIR"] or app.instance_path)
+    app.extensions["library_was_empty"] = not operations.has_data(directory)
     app.extensions["library_store"] = open_store(app)
+    if app.config["WARN_EPHEMERAL_DISK"] not in (False, 0, "0", "false", "False", "no", ""):
+        reasons = operations.ephemeral_reasons(directory, HERE, os.environ)
+        if reasons:
+            log.warning(
+                "\n%s\nTHE DATA DIRECTORY %s WILL PROBABLY BE LOST at the next deploy or restart: %s.\n"
+                "Mount a persistent volume and set LIBRARY_DATA_DIR to it (see the README, Deploying),\n"
+                "or set LIBRARY_WARN_EPHEMERAL_DISK=0 if this disk is persistent.\n%s",
+                "=" * 78, directory, "; ".join(reasons), "=" * 78,
+            )  # fmt: skip
     app.extensions["library_writer_index"] = WriterIndex()
     app.extensions["library_rules"] = lending_rules(app.config)
     books = app.extensions["library_store"].snapshot().tables["books"].records.values()
@@ -1418,6 +1513,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(load_books_command)
     app.cli.add_command(create_admin_command)
     app.cli.add_command(overdue_command)
+    app.cli.add_command(export_command)
+    app.cli.add_command(backup_command)
+    app.cli.add_command(restore_command)
     return app
 
 

@@ -9,6 +9,7 @@ Images are never decoded.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -43,10 +44,11 @@ EPUB = Kind("EPUB", "epub", "application/epub+zip")
 
 KINDS = {"cover": (JPEG, PNG, WEBP, GIF), "document": (PDF, EPUB)}
 BY_EXTENSION = {kind.extension: kind for kinds in KINDS.values() for kind in kinds}
-HEAD = 64
+HEAD = 512
 """How many first bytes :func:`sniff` needs."""
 
-NAME = re.compile(r"^[0-9a-f]{32}\.(jpg|png|webp|gif|pdf|epub)$")
+NAME = re.compile(r"[0-9a-f]{32}\.(jpg|png|webp|gif|pdf|epub)\Z")
+"""A name :func:`save` gives (use ``fullmatch``)."""
 
 
 def sniff(head: bytes) -> Kind | None:
@@ -67,12 +69,17 @@ def sniff(head: bytes) -> Kind | None:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and head[12:16] in (b"VP8 ", b"VP8L", b"VP8X"):
         return WEBP
     if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 13:
-        return GIF
+        width, height = int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
+        return GIF if width > 0 and height > 0 else None
     if head[:5] == b"%PDF-" and re.match(rb"%PDF-\d\.\d", head):
         return PDF
-    # EPUB (OCF): a ZIP whose first entry is the uncompressed file "mimetype" saying so.
-    if head[:4] == b"PK\x03\x04" and head[30:38] == b"mimetype" and head[38:58] == b"application/epub+zip":
-        return EPUB
+    # EPUB (OCF): a ZIP whose first entry is the stored (uncompressed) file "mimetype" saying so.
+    if head[:4] == b"PK\x03\x04" and len(head) >= 30 and head[8:10] == b"\x00\x00":
+        name_length = int.from_bytes(head[26:28], "little")
+        extra_length = int.from_bytes(head[28:30], "little")
+        start = 30 + name_length + extra_length
+        if head[30 : 30 + name_length] == b"mimetype" and head[start : start + 20] == b"application/epub+zip":
+            return EPUB
     return None
 
 
@@ -93,8 +100,10 @@ def folder(data_dir: Path) -> Path:
 def spool(data_dir: Path) -> BinaryIO:
     """A temporary file in the uploads folder for the request parser to write an upload into as it
     arrives (instead of memory or the system's temporary folder): :func:`save` then only has to
-    check it and rename it."""
-    return open(folder(data_dir) / f".{os.getpid()}-{uuid.uuid4().hex}.tmp", "w+b")  # noqa: SIM115
+    check it and rename it. It is locked while open, which tells :func:`clean` it is in use."""
+    stream = open(folder(data_dir) / f".{uuid.uuid4().hex}.tmp", "w+b")  # noqa: SIM115
+    fcntl.flock(stream.fileno(), fcntl.LOCK_EX)
+    return stream
 
 
 def save(stream: BinaryIO, data_dir: Path, purpose: str, limit: int) -> tuple[str, Kind, int]:
@@ -107,11 +116,12 @@ def save(stream: BinaryIO, data_dir: Path, purpose: str, limit: int) -> tuple[st
     where = folder(data_dir)
     if Path(getattr(stream, "name", "") or "").parent == where:
         return _keep_spooled(stream, where, purpose, limit)
-    temp = where / f".{os.getpid()}-{uuid.uuid4().hex}.tmp"
+    temp = where / f".{uuid.uuid4().hex}.tmp"
     size = 0
     head = b""
     try:
         with open(temp, "wb") as out:
+            fcntl.flock(out.fileno(), fcntl.LOCK_EX)
             for chunk in _chunks(stream):
                 size += len(chunk)
                 if size > limit:
@@ -172,13 +182,14 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
 
 def remove(data_dir: Path, name: str | None) -> None:
     """Delete an uploaded file no book points at any more (missing is fine)."""
-    if name and NAME.match(name):
+    if name and NAME.fullmatch(name):
         (data_dir / FOLDER / name).unlink(missing_ok=True)
 
 
 def clean(data_dir: Path, referenced: set[str], now: float | None = None) -> list[str]:
-    """Remove what interrupted uploads left: temporary files of processes that are gone, and files
-    no book points at that are older than :data:`ORPHAN_AGE`. Returns the names removed."""
+    """Remove what interrupted uploads left: temporary files no process holds open (an upload in
+    progress keeps its file locked), and files no book points at that are older than
+    :data:`ORPHAN_AGE`. Returns the names removed."""
     where = data_dir / FOLDER
     if not where.is_dir():
         return []
@@ -187,10 +198,9 @@ def clean(data_dir: Path, referenced: set[str], now: float | None = None) -> lis
     for path in where.iterdir():
         name = path.name
         if name.endswith(".tmp") and name.startswith("."):
-            pid = name[1:].split("-", 1)[0]
-            if pid.isdigit() and _alive(int(pid)):
+            if _in_use(path):
                 continue
-        elif NAME.match(name):
+        elif NAME.fullmatch(name):
             if name in referenced or moment - path.stat().st_mtime < ORPHAN_AGE:
                 continue
         else:
@@ -201,21 +211,19 @@ def clean(data_dir: Path, referenced: set[str], now: float | None = None) -> lis
     return removed
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:  # a killed process nobody has reaped yet still has a pid, as a zombie
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    except (OSError, IndexError):
-        pass
+def _in_use(path: Path) -> bool:
+    """Whether some process (this one too) holds ``path`` open and locked."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True  # gone already: nothing to remove
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    finally:
+        os.close(fd)  # closing drops the lock taken here
+    return False
 
 
 def _fsync_dir(path: Path) -> None:

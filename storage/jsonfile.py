@@ -105,6 +105,17 @@ class JsonStore(Store):
         with self._mutex, self._locked():
             self._open_locked(initial)
 
+    @contextmanager
+    def exclusive(self) -> Iterator[Snapshot]:
+        """Hold the data directory's lock, caught up with every commit: while it is held no process
+        can commit, so the files on disk are one committed state (the snapshot yielded).
+
+        :raises LockTimeoutError: when the lock could not be taken in time.
+        """
+        with self._mutex, self._locked():
+            self._sync(locked=True)
+            yield self._snap
+
     # -- reading -------------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:

@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
+import loader
 from tests.conftest import ROOT
 
 DUNE = {
@@ -230,3 +232,292 @@ def test_new_data_directory_starts_with_the_sample_catalogue(seeded_app):
 
 def test_empty_seed_file_setting_starts_empty(client):
     assert catalogue(client)["total"] == 0
+
+
+# -- Goodreads and LibraryThing exports ----------------------------------------------------------
+
+SAMPLES = ROOT / "tests" / "samples"
+GOODREADS = SAMPLES / "goodreads_library_export.csv"  # 8 rows; line 10 has a mistyped ISBN
+LIBRARYTHING = SAMPLES / "librarything_export.tsv"  # 7 rows, Windows-1252; line 7 has a mistyped ISBN
+EXPORTS = {
+    "goodreads": (GOODREADS, {"created": 7, "updated": 0, "unchanged": 0, "skipped": 1}, 10),
+    "librarything": (LIBRARYTHING, {"created": 6, "updated": 0, "unchanged": 0, "skipped": 1}, 7),
+}
+
+
+def by_title(client) -> dict[str, dict[str, Any]]:
+    books = catalogue(client)["books"]
+    return {b["title"]: {k: b[k] for k in DUNE} for b in books}
+
+
+def data_files(data_dir: Path) -> dict[str, bytes]:
+    """Every file of the data directory and its bytes."""
+    return {str(p.relative_to(data_dir)): p.read_bytes() for p in sorted(data_dir.rglob("*")) if p.is_file()}
+
+
+def test_goodreads_export_is_imported(runner, client):
+    result = load(runner, GOODREADS)
+    assert result.exit_code == 0, result.output
+    assert counts(result.output) == {"created": 7, "updated": 0, "unchanged": 0, "skipped": 1}
+    assert "goodreads" in result.output.lower()
+    assert "isbn-13: the check digit is wrong" in line_report(result.output, 10).lower()  # after a two-line review
+    books = by_title(client)
+    assert books["Dune"] == {  # the series left out, ISBN13 out of ="...", the original year
+        "title": "Dune", "author": "Frank Herbert", "genre": "Science Fiction", "publisher": "Ace Books",
+        "publication_year": 1965, "isbn": "9780441172719",
+    }  # fmt: skip
+    assert books["The Hobbit"] == {  # only a reading shelf: no genre; initials spaced like the catalogue's
+        "title": "The Hobbit", "author": "J. R. R. Tolkien", "genre": None, "publisher": "Houghton Mifflin Harcourt",
+        "publication_year": 1937, "isbn": "9780547928227",
+    }  # fmt: skip
+    assert books["Project Hail Mary"] == {  # ISBNs ="": none; no original year: the edition's
+        "title": "Project Hail Mary", "author": "Andy Weir", "genre": "Science Fiction",
+        "publisher": "Ballantine Books", "publication_year": 2021, "isbn": None,
+    }  # fmt: skip
+    assert books["The Hitchhiker's Guide to the Galaxy"]["author"] == "Douglas Adams"  # "Douglas  Adams"
+    assert books["The Name of the Wind"]["genre"] == "Fantasy"  # after the currently-reading shelf
+    assert books["One Hundred Years of Solitude"]["author"] == "Gabriel García Márquez"
+    assert "Neuromancer" not in books
+
+
+def test_librarything_export_is_imported(runner, client):
+    raw = LIBRARYTHING.read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")  # the sample really is Latin-1, as LibraryThing writes it
+    assert "García Márquez, Gabriel".encode("latin-1") in raw
+    result = load(runner, LIBRARYTHING)
+    assert result.exit_code == 0, result.output
+    assert counts(result.output) == {"created": 6, "updated": 0, "unchanged": 0, "skipped": 1}
+    assert "librarything" in result.output.lower()
+    assert "isbn-10: the check digit is wrong" in line_report(result.output, 7).lower()
+    books = by_title(client)
+    assert books["Dune"] == {  # "Herbert, Frank"; [0441172717]; the publisher out of "Publication"
+        "title": "Dune", "author": "Frank Herbert", "genre": "Science Fiction", "publisher": "Ace Books",
+        "publication_year": 1965, "isbn": "0441172717",
+    }  # fmt: skip
+    assert books["Cien años de soledad"] == {
+        "title": "Cien años de soledad", "author": "Gabriel García Márquez", "genre": "Realismo Mágico",
+        "publisher": "Debolsillo", "publication_year": 1967, "isbn": "8497592204",
+    }  # fmt: skip
+    assert books["Le Petit Prince"]["author"] == "Antoine de Saint-Exupéry"
+    assert books["Le Petit Prince"]["genre"] == "Jeunesse"  # after the to-read tag
+    assert books["The Metamorphosis"]["isbn"] == "0553213695"  # from the ISBNs list only
+    assert books["The Metamorphosis"]["genre"] is None
+    assert books["Frøken Smillas fornemmelse for sne"]["author"] == "Peter Høeg"
+    assert books["Frøken Smillas fornemmelse for sne"]["isbn"] is None
+    assert books["The Hobbit"]["author"] == "J. R. R. Tolkien"
+    assert "Neuromancer" not in books
+
+
+@pytest.mark.parametrize("export", EXPORTS)
+def test_reimport_of_an_export_changes_nothing_on_disk(runner, client, data_dir, export):
+    path, expected, _ = EXPORTS[export]
+    assert counts(load(runner, path).output) == expected
+    before = data_files(data_dir)
+    result = load(runner, path)
+    assert result.exit_code == 0, result.output
+    assert counts(result.output) == {
+        "created": 0, "updated": 0, "unchanged": expected["created"], "skipped": expected["skipped"],
+    }  # fmt: skip
+    assert (data_dir / "books.json").read_bytes() == before["books.json"]
+    assert data_files(data_dir) == before
+
+
+@pytest.mark.parametrize("export", EXPORTS)
+def test_dry_run_of_an_export_writes_nothing(runner, client, data_dir, export):
+    path, expected, skipped_line = EXPORTS[export]
+    before = data_files(data_dir)
+    result = load(runner, path, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert counts(result.output) == expected
+    line_report(result.output, skipped_line)
+    assert data_files(data_dir) == before
+    assert catalogue(client)["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("export", "name"),
+    [
+        ("goodreads", "books.json"),
+        ("goodreads", "library.tsv"),
+        ("librarything", "export.csv"),
+        ("librarything", "books.json"),
+        ("librarything", "LibraryThing"),
+    ],
+)
+def test_export_format_is_told_from_the_header_not_the_name(runner, client, tmp_path, export, name):
+    path, expected, skipped_line = EXPORTS[export]
+    renamed = tmp_path / name
+    renamed.write_bytes(path.read_bytes())
+    result = load(runner, renamed)
+    assert result.exit_code == 0, result.output
+    assert counts(result.output) == expected
+    line_report(result.output, skipped_line)
+    assert export in result.output.lower()
+
+
+def test_librarything_after_goodreads_updates_the_same_books(runner, client):
+    """Dune and The Hobbit are in both: the ISBN-10 of one is the ISBN-13 of the other, and
+    "Herbert, Frank" / "Tolkien, J. R. R." are the same authors as Goodreads' "Frank Herbert" and
+    "J.R.R. Tolkien", so they are updated, not refused as another author's ISBN."""
+    assert load(runner, GOODREADS).exit_code == 0
+    result = load(runner, LIBRARYTHING)
+    assert result.exit_code == 0, result.output
+    assert counts(result.output) == {"created": 4, "updated": 2, "unchanged": 0, "skipped": 1}
+    books = by_title(client)
+    assert len(books) == 11
+    assert books["The Hobbit"]["genre"] == "Fantasy"
+
+
+def test_goodreads_export_into_the_sample_catalogue(seeded_app):
+    """Goodreads' way of writing titles ("(Series, #1)") and authors ("J.R.R.") meets the catalogue's."""
+    result = seeded_app.test_cli_runner().invoke(args=["load-books", str(GOODREADS)])
+    assert result.exit_code == 0, result.output
+    assert counts(result.output)["created"] == 1  # Project Hail Mary; the other six are in the catalogue
+    assert counts(result.output)["skipped"] == 1
+    assert "already exists" not in result.output
+    assert catalogue(seeded_app.test_client())["total"] == 61
+
+
+def test_goodreads_header_without_rows_is_read(runner, client, tmp_path):
+    header = GOODREADS.read_text(encoding="utf-8-sig").splitlines()[0]
+    result = load(runner, write(tmp_path, "goodreads.csv", header + "\n"))
+    assert result.exit_code == 0, result.output
+    assert counts(result.output) == {"created": 0, "updated": 0, "unchanged": 0, "skipped": 0}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["name,writer\nDune,Frank Herbert\n", "Book Id\tName\tAuthor\n1\tDune\tHerbert, Frank\n", "", "\n\n"],
+    ids=["unknown-csv", "unknown-tsv", "empty", "blank-lines"],
+)
+def test_table_with_an_unknown_header_exits_non_zero(runner, client, tmp_path, text):
+    result = load(runner, write(tmp_path, "books.csv", text))
+    assert result.exit_code != 0, result.output
+    assert "header" in result.output.lower()
+    assert catalogue(client)["total"] == 0
+
+
+def test_csv_lines_count_blank_lines_and_crlf(runner, client, tmp_path):
+    rows = [CSV_HEADER, csv_line(DUNE), "", csv_line({**HOBBIT, "isbn": "9780547928228"}), csv_line(HOBBIT)]
+    path = tmp_path / "books.csv"
+    path.write_bytes("\r\n".join(rows).encode() + b"\r\n")
+    result = load(runner, path)
+    assert result.exit_code == 0, result.output
+    assert counts(result.output) == {"created": 2, "updated": 0, "unchanged": 0, "skipped": 1}
+    assert "isbn" in line_report(result.output, 4).lower()
+
+
+def test_our_csv_as_tsv_and_in_latin_1(runner, client, tmp_path):
+    book = {**DUNE, "title": "Cien años de soledad", "author": "Gabriel García Márquez", "isbn": "8497592204"}
+    text = "\n".join([CSV_HEADER.replace(",", "\t"), "\t".join(str(book[k]) for k in DUNE)]) + "\n"
+    path = tmp_path / "books.txt"
+    path.write_bytes(text.encode("latin-1"))
+    result = load(runner, path)
+    assert result.exit_code == 0, result.output
+    assert by_title(client) == {book["title"]: book}
+
+
+# -- the progress bar ----------------------------------------------------------------------------
+
+
+class Terminal:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_only_for_a_large_file_on_a_terminal():
+    assert loader.wants_progress(loader.PROGRESS_MIN_ROWS + 1, Terminal(True))
+    assert not loader.wants_progress(loader.PROGRESS_MIN_ROWS, Terminal(True))
+    assert not loader.wants_progress(loader.PROGRESS_MIN_ROWS + 1, Terminal(False))
+    assert not loader.wants_progress(loader.PROGRESS_MIN_ROWS + 1, None)
+
+
+def large_csv(tmp_path: Path, count: int) -> Path:
+    books = [{**DUNE, "title": f"Book {n}", "isbn": ""} for n in range(count)]
+    return write(tmp_path, "large.csv", "\n".join([CSV_HEADER, *map(csv_line, books)]) + "\n")
+
+
+def test_no_progress_bar_in_a_pipe(runner, client, tmp_path):
+    result = load(runner, large_csv(tmp_path, 1001))
+    assert result.exit_code == 0, result.output
+    assert counts(result.output)["created"] == 1001
+    assert result.output.count("\n") == 1, result.output  # the summary, nothing else
+
+
+def test_progress_bar_counts_every_row(runner, client, tmp_path, monkeypatch):
+    bars: list[Any] = []
+    real = click.progressbar
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        bars.append(real(*args, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(loader, "wants_progress", lambda count, stream: count > 1000)  # as on a terminal
+    monkeypatch.setattr(click, "progressbar", recording)
+    result = load(runner, large_csv(tmp_path, 1001), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert [(bar.length, bar.pos) for bar in bars] == [(1001, 1001)]
+    assert counts(result.output)["created"] == 1001
+    assert catalogue(client)["total"] == 0
+
+
+# -- how export values are read ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("Herbert, Frank", "Frank Herbert"),
+        ("García Márquez, Gabriel", "Gabriel García Márquez"),
+        ("Vonnegut, Kurt, Jr.", "Kurt Vonnegut Jr."),
+        ("Homer", "Homer"),
+        ("Tolkien, J.R.R.", "J. R. R. Tolkien"),
+        ("Plato,", "Plato"),
+    ],
+)
+def test_librarything_author(written, read):
+    assert loader._author(loader._first_last(written)) == read
+
+
+@pytest.mark.parametrize(
+    ("publication", "publisher"),
+    [
+        ("Ace Books (1990), Edition: Reissue, Mass Market Paperback, 544 pages", "Ace Books"),
+        ("Farrar, Straus and Giroux (2005), Edition: 1st, 320 pages", "Farrar, Straus and Giroux"),
+        ("Gallimard (c1999)", "Gallimard"),
+        ("Penguin Classics, Paperback", "Penguin Classics"),
+        ("", ""),
+    ],
+)
+def test_librarything_publisher(publication, publisher):
+    assert loader._publisher(publication) == publisher
+
+
+@pytest.mark.parametrize(
+    ("isbn", "isbns", "read"),
+    [
+        ("[0441172717]", "0441172717, 9780441172719", "0441172717"),
+        ("[0441172718]", "9780441172719", "9780441172719"),  # a mistyped one, a valid alternative
+        ("[0441172718]", "", "0441172718"),  # none valid: as written, to be reported
+        ("", "9780441172719, 0441172717", "9780441172719"),
+        ("", "", ""),
+    ],
+)
+def test_librarything_isbn(isbn, isbns, read):
+    assert loader._librarything_isbn(isbn, isbns) == read
+
+
+@pytest.mark.parametrize(
+    ("cell", "read"), [('="0441172717"', "0441172717"), ('=""', ""), ("0441172717", "0441172717"), ("", "")]
+)
+def test_goodreads_isbn(cell, read):
+    assert loader._unformula(cell) == read
+
+
+@pytest.mark.parametrize(("date", "year"), [("1965", "1965"), ("c1965", "1965"), ("1965-04-01", "1965"), ("", "")])
+def test_librarything_year(date, year):
+    assert loader._year(date) == year

@@ -269,3 +269,48 @@ def test_openapi_describes_the_uploads(anon):
     body = doc["paths"]["/books/{book_id}/cover"]["post"]["requestBody"]["content"]
     assert body["multipart/form-data"]["schema"]["properties"]["file"]["format"] == "binary"
     assert {"401", "403", "413", "415"} <= set(doc["paths"]["/books/{book_id}/document"]["post"]["responses"])
+
+
+def test_a_temporary_file_still_being_written_survives_a_start_up(client, data_dir):
+    import uploads
+
+    live = uploads.spool(data_dir)  # an upload in progress in another worker holds its file locked
+    (data_dir / "uploads" / ".left-by-a-crash.tmp").write_bytes(b"x")
+    create_app({"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET})
+    assert stored(data_dir) == [Path(live.name).name]
+    live.close()
+
+
+def test_one_file_per_upload(client, book_id, data_dir):
+    boundary, body = encode_multipart(
+        {"file": [FileStorage(io.BytesIO(png()), "a.png"), FileStorage(io.BytesIO(gif()), "b.gif")]}
+    )
+    two = client.post(f"/books/{book_id}/cover", data=body, content_type=f"multipart/form-data; boundary={boundary}")
+    assert "file" in assert_problem(two, 422)["errors"]
+    parts = {f"f{i}": FileStorage(io.BytesIO(b"x"), f"{i}.txt") for i in range(10)}
+    boundary, body = encode_multipart({"file": FileStorage(io.BytesIO(png()), "a.png"), **parts})
+    many = client.post(f"/books/{book_id}/cover", data=body, content_type=f"multipart/form-data; boundary={boundary}")
+    assert_problem(many, 413)
+    assert stored(data_dir) == []
+
+
+def test_real_world_variants_of_the_formats(client, book_id):
+    exif = b"\xff\xd8\xff\xe1\x00\x16Exif\x00\x00" + bytes(300) + b"\xff\xd9"
+    assert send(client, book_id, "cover", exif).status_code == 200
+    assert_problem(send(client, book_id, "cover", b"GIF89a" + bytes(20)), 415)  # 0x0 pixels
+    with_extra = io.BytesIO()
+    with zipfile.ZipFile(with_extra, "w") as archive:
+        info = zipfile.ZipInfo("mimetype")
+        info.extra = b"\x55\x54\x05\x00\x01\x00\x00\x00\x00"  # a timestamp field, as zip(1) writes
+        archive.writestr(info, "application/epub+zip", compress_type=zipfile.ZIP_STORED)
+    assert send(client, book_id, "document", with_extra.getvalue()).status_code == 200
+
+
+def test_documents_download_and_nothing_uploaded_runs_in_the_page(client, anon, book_id):
+    url = send(client, book_id, "document", pdf()).get_json()["document_url"]
+    served = anon.get(url)
+    assert served.headers["Content-Disposition"].startswith("attachment")
+    assert "sandbox" in served.headers["Content-Security-Policy"]
+    served.close()
+    name = url.rsplit("/", 1)[1]
+    assert_problem(anon.get(f"/uploads/{name}%0A"), 404)
