@@ -220,6 +220,22 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _running(pid: int) -> bool:
+    """Whether any thread of ``pid`` is still alive: a killed process's first thread is a zombie
+    before its other threads have exited, and its files are let go only after the last one."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return False
+    for task in tasks:
+        try:
+            if (task / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
 def test_a_crash_during_an_upload_leaves_the_book_unchanged(tmp_path):
     """The server is SIGKILLed (master and workers) while a cover is half sent: the book does not
     point at anything, and the next start removes what the upload left."""
@@ -253,9 +269,14 @@ def test_a_crash_during_an_upload_leaves_the_book_unchanged(tmp_path):
             assert time.monotonic() < deadline, "the upload did not start"
             time.sleep(0.01)
         master = running[port].pid
-        for pid in [*_children(master), master]:
+        workers = _children(master)
+        for pid in [master, *workers]:  # the master first: it must not start a new worker
             os.kill(pid, signal.SIGKILL)
         running[port].wait()
+        for pid in workers:  # a killed process lets go of its files when it is gone (or a zombie)
+            while _running(pid):
+                assert time.monotonic() < deadline + 30, f"worker {pid} did not die"
+                time.sleep(0.01)
         conn.close()
     books = orjson.loads((data / "books.json").read_bytes())["books"]
     assert books[0]["cover_url"] is None
