@@ -29,6 +29,7 @@ from werkzeug.exceptions import (
     BadRequest,
     Forbidden,
     HTTPException,
+    MethodNotAllowed,
     NotFound,
     RequestEntityTooLarge,
     ServiceUnavailable,
@@ -576,6 +577,8 @@ def attach_file(book_id: int, purpose: str) -> Response:
     try:
         upload = request.files.get("file")
     except RequestEntityTooLarge:
+        if request.content_length is not None and request.content_length <= request.max_content_length:
+            raise ValidationError({"file": ["Send the file alone, in the field file."]}) from None  # too many parts
         too_large = f"The file is larger than the limit of {current_app.config['MAX_UPLOAD_MB']} MB"
         raise RequestEntityTooLarge(too_large) from None
     if upload is None:
@@ -702,6 +705,12 @@ def get_me() -> Response:
     if snap.get("members", me["id"]) is None:  # deleted since the token was checked
         raise unauthorized("The token is no longer valid; sign in again", invalid_token=True)
     return member_conditional(snap, me["id"])
+
+
+@api.route("/members/me", methods=["PATCH", "DELETE", "PUT", "POST"])
+def not_on_me() -> Response:
+    """``/members/me`` is for reading; changes go to ``/members/<id>``."""
+    raise MethodNotAllowed(valid_methods=["GET"], description="/members/me is read-only; use /members/<id>")
 
 
 @api.get("/members/<id:member_id>")

@@ -17,6 +17,7 @@ from members import ROLES
 from members import SORT_FIELDS as MEMBER_SORT_FIELDS
 
 TEXT_MAX = 500
+PAGE_RANGE = validate.Range(min=1, max=2**31 - 1, error="Must be between 1 and {max}.")
 
 
 class Text(fields.String):
@@ -27,6 +28,10 @@ class Text(fields.String):
         if not text and not self.required:
             return None
         return text
+
+    def _validate(self, value: Any) -> None:
+        if value is not None:  # an optional field left empty is null: nothing to check
+            super()._validate(value)
 
 
 class StrictInteger(fields.Integer):
@@ -119,7 +124,7 @@ class BookQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, error="Must be 1 or more."))
+    page = fields.Integer(load_default=1, validate=PAGE_RANGE)
     limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100, error="Must be between 1 and 100."))
     sort_by = fields.String(
         load_default="id",
@@ -315,7 +320,7 @@ class MemberQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, error="Must be 1 or more."))
+    page = fields.Integer(load_default=1, validate=PAGE_RANGE)
     limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100, error="Must be between 1 and 100."))
     sort_by = fields.String(
         load_default="id",
@@ -369,10 +374,10 @@ class PaymentSchema(StrictSchema):
 
     @validates("amount")
     def positive_cents(self, value: Any, **kwargs: Any) -> None:
-        if value <= 0 or value != value.quantize(Decimal("0.01")):
-            raise ValidationError("Must be more than 0 with at most 2 decimals.")
         if value > 1_000_000:
             raise ValidationError("Must be at most 1000000.")
+        if value <= 0 or value != value.quantize(Decimal("0.01")):
+            raise ValidationError("Must be more than 0 with at most 2 decimals.")
 
 
 class LoanSchema(Schema):
@@ -406,7 +411,7 @@ class PageQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, error="Must be 1 or more."))
+    page = fields.Integer(load_default=1, validate=PAGE_RANGE)
     limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100, error="Must be between 1 and 100."))
     member_id = fields.Integer()
     book_id = fields.Integer()

@@ -277,3 +277,16 @@ def wait_until(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.001)
+
+
+def test_bugs_the_fuzzer_found_stay_fixed(client, book):
+    """Found by tests/test_fuzz.py: each answered 500."""
+    created = client.post("/books", json={"title": "Empty genre", "author": "A", "genre": "", "publisher": "  "})
+    assert created.status_code == 201 and created.get_json()["genre"] is None
+    assert client.patch(f"/books/{book['id']}", json={"publisher": ""}).get_json()["publisher"] is None
+    assert_problem(client.get("/books?page=18446744073709551616"), 422)
+    assert_problem(client.patch("/members/me", json={"first_name": "X"}), 405)
+    assert_problem(client.delete("/members/me"), 405)
+    member = client.post("/members", json={"email": "m@example.org", "first_name": "M", "last_name": "N"})
+    payment = client.post(f"/members/{member.get_json()['id']}/payments", json={"amount": 1e26})
+    assert "amount" in assert_problem(payment, 422)["errors"]
