@@ -75,7 +75,9 @@ class BookSchema(Schema):
     author = Text(required=True, validate=validate.Length(min=1, max=TEXT_MAX, error="Must be 1 to {max} characters."))
     genre = Text(allow_none=True, validate=validate.Length(max=TEXT_MAX))
     publisher = Text(allow_none=True, validate=validate.Length(max=TEXT_MAX))
-    publication_year = StrictInteger(allow_none=True, metadata={"description": "Not after the current year."})
+    publication_year = StrictInteger(
+        allow_none=True, metadata={"description": "Not after the current year.", "minimum": -5000}
+    )
     isbn = Isbn(allow_none=True, metadata={"description": "ISBN-10 or ISBN-13; hyphens and spaces are accepted."})
     status = fields.String(dump_only=True, metadata={"enum": list(STATUSES)})
     due_at = fields.DateTime(dump_only=True, allow_none=True)
@@ -354,7 +356,9 @@ class UtcDateTime(fields.AwareDateTime):
 class BorrowSchema(StrictSchema):
     """``POST /books/<id>/borrow``: ``member_id`` and ``borrowed_at`` are a librarian's."""
 
-    days = StrictInteger(metadata={"description": "1 to LIBRARY_MAX_LOAN_DAYS; LIBRARY_LOAN_DAYS when left out."})
+    days = StrictInteger(
+        metadata={"description": "1 to LIBRARY_MAX_LOAN_DAYS; LIBRARY_LOAN_DAYS when left out.", "minimum": 1}
+    )
     member_id = StrictInteger(metadata={"description": "Lend to this member (librarians)."})
     borrowed_at = UtcDateTime(metadata={"description": "Record a loan made earlier (librarians)."})
 
