@@ -333,6 +333,24 @@ def conditional(body: bytes, etag: str) -> Response:
     return response
 
 
+def private(body: bytes) -> Response:
+    """A signed-in reader's answer: an ETag of its bytes (304 when the client has them), not to
+    be kept by shared caches."""
+    response = conditional(body, catalogue.etag_of(body))
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response
+
+
+def paginated(
+    name: str, records: list[Any], page: int, limit: int, show: Callable[[Any], Any] = lambda record: record
+) -> Response:
+    """A list answer, ``{name: [...], total, page, limit, pages}``: ``show`` makes the public form
+    of just the records on the page."""
+    shown = [show(record) for record in records[(page - 1) * limit : page * limit]]
+    body = {name: shown, "total": len(records), "page": page, "limit": limit, "pages": -(-len(records) // limit)}
+    return private(orjson.dumps(body))
+
+
 def book_response(book: dict[str, Any], status: int = 200, **headers: str) -> Response:
     """The answer to a write: the record as this request stored it (even if another request has
     changed or deleted it since), with its status now."""
@@ -589,7 +607,7 @@ def attach_file(book_id: int, purpose: str) -> Response:
     if any(bad in client_name for bad in ("/", "\\", "\x00", "..")):
         raise ValidationError({"file": ["The file name must not contain a path, .. or NUL."]})
     try:
-        name, _, _ = uploads.save(upload.stream, data_dir(), purpose, limit)
+        name, _, _ = uploads.save(upload.stream, purpose, limit)
     except uploads.UploadError as exc:
         return problem(exc.status, str(exc))
     field, url, moment = f"{purpose}_url", f"/uploads/{name}", catalogue.utcnow()
@@ -687,13 +705,7 @@ def list_members() -> Response:
     args = member_query_schema.load(request.args.to_dict())
     snap = store().snapshot()
     found = members.select(snap, args["sort_by"], args.get("role"), args.get("q"))
-    page, limit = args["page"], args["limit"]
-    shown = [member_listing(snap, record) for record in found[(page - 1) * limit : page * limit]]
-    body = {"members": shown, "total": len(found), "page": page, "limit": limit, "pages": -(-len(found) // limit)}
-    encoded = orjson.dumps(body)
-    response = conditional(encoded, catalogue.etag_of(encoded))
-    response.headers["Cache-Control"] = "private, no-cache"
-    return response
+    return paginated("members", found, args["page"], args["limit"], lambda record: member_listing(snap, record))
 
 
 @api.get("/members/me")
@@ -763,10 +775,7 @@ def member_listing(snap: Any, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def member_conditional(snap: Any, member_id: int) -> Response:
-    body = orjson.dumps(member_listing(snap, snap.get("members", member_id)))
-    response = conditional(body, catalogue.etag_of(body))
-    response.headers["Cache-Control"] = "private, no-cache"
-    return response
+    return private(orjson.dumps(member_listing(snap, snap.get("members", member_id))))
 
 
 def member_response(record: dict[str, Any], status: int = 200, **headers: str) -> Response:
@@ -805,19 +814,6 @@ def optional_json_body() -> dict[str, Any]:
     if not request.content_length and "Transfer-Encoding" not in request.headers:
         return {}
     return json_body()
-
-
-def paginated(name: str, items: list[Any], page: int, limit: int) -> Response:
-    body = {name: items[(page - 1) * limit : page * limit], "total": len(items), "page": page, "limit": limit}
-    body["pages"] = -(-len(items) // limit)
-    return private(orjson.dumps(body))
-
-
-def private(body: bytes) -> Response:
-    """A signed-in reader's answer: an ETag of its bytes, not to be kept by shared caches."""
-    response = conditional(body, catalogue.etag_of(body))
-    response.headers["Cache-Control"] = "private, no-cache"
-    return response
 
 
 def acting_for(actor: dict[str, Any], data: dict[str, Any], what: str) -> int:
@@ -919,10 +915,9 @@ def list_loans() -> Response:
         chosen = present + [loan for loan in chosen if loan.get(field) is None]
     elif sort_by.startswith("-"):
         chosen.reverse()
-    page, limit = args["page"], args["limit"]
-    shown = [circulation.public_loan(loan, moment, lending) for loan in chosen[(page - 1) * limit : page * limit]]
-    body = {"loans": shown, "total": len(chosen), "page": page, "limit": limit, "pages": -(-len(chosen) // limit)}
-    return private(orjson.dumps(body))
+    return paginated(
+        "loans", chosen, args["page"], args["limit"], lambda loan: circulation.public_loan(loan, moment, lending)
+    )
 
 
 @api.get("/loans/<id:loan_id>")
@@ -978,19 +973,20 @@ def list_holds() -> Response:
         raise Forbidden("Only librarians can see other members' holds")
     current = holds_now()
     places = circulation.positions(current)
+    if "member_id" in args:
+        chosen = circulation.where(current, "holds", "member_id", args["member_id"])
+    else:
+        chosen = [hold for _, hold in current.items("holds")]
+    if "book_id" in args:
+        chosen = [hold for hold in chosen if hold["book_id"] == args["book_id"]]
     wanted = args.get("status")
-    shown = []
-    for _, hold in current.items("holds"):
-        if "member_id" in args and hold["member_id"] != args["member_id"]:
-            continue
-        if "book_id" in args and hold["book_id"] != args["book_id"]:
-            continue
-        if wanted == "active" and hold["status"] not in circulation.ACTIVE_HOLDS:
-            continue
-        if wanted and wanted != "active" and hold["status"] != wanted:
-            continue
-        shown.append(circulation.public_hold(hold, places.get(hold["id"])))
-    return paginated("holds", shown, args["page"], args["limit"])
+    if wanted == "active":
+        chosen = [hold for hold in chosen if hold["status"] in circulation.ACTIVE_HOLDS]
+    elif wanted:
+        chosen = [hold for hold in chosen if hold["status"] == wanted]
+    return paginated(
+        "holds", chosen, args["page"], args["limit"], lambda hold: circulation.public_hold(hold, places.get(hold["id"]))
+    )
 
 
 @api.get("/holds/<id:hold_id>")

@@ -27,6 +27,7 @@ import orjson
 
 import uploads
 from storage import JsonStore
+from storage.journal import fsync_dir
 
 MANIFEST = "backup.json"
 FORMAT = 1
@@ -180,7 +181,7 @@ def restore(archive_path: Path, directory: Path, collections: Iterable[str], for
                     os.replace(path, aside / path.name)
             for path in staging.iterdir():
                 os.replace(path, directory / path.name)
-            _fsync_dir(directory)
+            fsync_dir(directory)
             return aside
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -280,11 +281,3 @@ def _sha256(data: bytes) -> str:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

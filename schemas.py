@@ -107,32 +107,45 @@ class BookSchema(Schema):
             raise ValidationError("Must not be before -5000.")
 
 
-class BookListSchema(Schema):
-    """A page of books."""
+class PageSchema(Schema):
+    """What every list answer carries beside its items."""
 
-    books = fields.List(fields.Nested(BookSchema))
     total = fields.Integer()
     page = fields.Integer()
     limit = fields.Integer()
     pages = fields.Integer()
 
 
-SORT_CHOICES = [f for f in SORT_FIELDS] + [f"-{f}" for f in SORT_FIELDS]
-
-
-class BookQuerySchema(Schema):
-    """The query parameters of ``GET /books``."""
+class PagedQuerySchema(Schema):
+    """``page`` and ``limit``, which every list takes; no unknown parameter."""
 
     class Meta:
         unknown = RAISE
 
     page = fields.Integer(load_default=1, validate=PAGE_RANGE)
     limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100, error="Must be between 1 and 100."))
-    sort_by = fields.String(
+
+
+def sort_by(names: tuple[str, ...] | list[str]) -> fields.String:
+    """A ``sort_by`` parameter over ``names``: a field, or -field for descending order."""
+    choices = [*names, *(f"-{name}" for name in names)]
+    return fields.String(
         load_default="id",
-        validate=validate.OneOf(SORT_CHOICES, error="Must be one of: {choices}."),
+        validate=validate.OneOf(choices, error="Must be one of: {choices}."),
         metadata={"description": "A field, or -field for descending order."},
     )
+
+
+class BookListSchema(PageSchema):
+    """A page of books."""
+
+    books = fields.List(fields.Nested(BookSchema))
+
+
+class BookQuerySchema(PagedQuerySchema):
+    """The query parameters of ``GET /books``."""
+
+    sort_by = sort_by(SORT_FIELDS)
     genre = fields.String()
     author = fields.String()
     publisher = fields.String()
@@ -305,30 +318,14 @@ class MemberSchema(Schema):
     fines_due = fields.Float()
 
 
-class MemberListSchema(Schema):
+class MemberListSchema(PageSchema):
     members = fields.List(fields.Nested(MemberSchema))
-    total = fields.Integer()
-    page = fields.Integer()
-    limit = fields.Integer()
-    pages = fields.Integer()
 
 
-MEMBER_SORT_CHOICES = [*MEMBER_SORT_FIELDS, *(f"-{f}" for f in MEMBER_SORT_FIELDS)]
-
-
-class MemberQuerySchema(Schema):
+class MemberQuerySchema(PagedQuerySchema):
     """The query parameters of ``GET /members``."""
 
-    class Meta:
-        unknown = RAISE
-
-    page = fields.Integer(load_default=1, validate=PAGE_RANGE)
-    limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100, error="Must be between 1 and 100."))
-    sort_by = fields.String(
-        load_default="id",
-        validate=validate.OneOf(MEMBER_SORT_CHOICES, error="Must be one of: {choices}."),
-        metadata={"description": "A field, or -field for descending order."},
-    )
+    sort_by = sort_by(MEMBER_SORT_FIELDS)
     role = fields.String(validate=validate.OneOf(ROLES, error="Must be one of: {choices}."))
     q = fields.String(metadata={"description": "Words that must all appear in the name or email."})
 
@@ -400,40 +397,28 @@ class LoanSchema(Schema):
     status = fields.String(metadata={"enum": ["active", "overdue", "returned"]})
 
 
-class LoanListSchema(Schema):
+class LoanListSchema(PageSchema):
     loans = fields.List(fields.Nested(LoanSchema))
-    total = fields.Integer()
-    page = fields.Integer()
-    limit = fields.Integer()
-    pages = fields.Integer()
 
 
 LOAN_SORT_FIELDS = ("id", "borrowed_at", "due_at", "returned_at")
 
 
-class PageQuerySchema(Schema):
-    class Meta:
-        unknown = RAISE
+class CirculationQuerySchema(PagedQuerySchema):
+    """What the loan and hold lists filter on."""
 
-    page = fields.Integer(load_default=1, validate=PAGE_RANGE)
-    limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100, error="Must be between 1 and 100."))
     member_id = fields.Integer()
     book_id = fields.Integer()
 
 
-class LoanQuerySchema(PageQuerySchema):
+class LoanQuerySchema(CirculationQuerySchema):
     """The query parameters of ``GET /loans``."""
 
     status = fields.String(
         validate=validate.OneOf(["active", "overdue", "returned"], error="Must be one of: {choices}."),
         metadata={"description": "active (overdue ones included), overdue, or returned."},
     )
-    sort_by = fields.String(
-        load_default="id",
-        validate=validate.OneOf(
-            [*LOAN_SORT_FIELDS, *(f"-{f}" for f in LOAN_SORT_FIELDS)], error="Must be one of: {choices}."
-        ),
-    )
+    sort_by = sort_by(LOAN_SORT_FIELDS)
 
 
 class HoldSchema(Schema):
@@ -451,15 +436,11 @@ class HoldSchema(Schema):
     closed_at = fields.DateTime(allow_none=True)
 
 
-class HoldListSchema(Schema):
+class HoldListSchema(PageSchema):
     holds = fields.List(fields.Nested(HoldSchema))
-    total = fields.Integer()
-    page = fields.Integer()
-    limit = fields.Integer()
-    pages = fields.Integer()
 
 
-class HoldQuerySchema(PageQuerySchema):
+class HoldQuerySchema(CirculationQuerySchema):
     """The query parameters of ``GET /holds``."""
 
     status = fields.String(

@@ -1,10 +1,10 @@
 """Covers and documents: what a file is (from its first bytes), and keeping it safely on disk.
 
-No Flask here. A file is streamed into a temporary file in the uploads folder (never held whole
-in memory), its kind is decided from its first bytes only (never from its name or the type the
-client claims), then it is fsync'd and renamed to a generated name, and only after that does a book
-point at it. A crash leaves at worst an orphan file, which :func:`clean` removes at start-up.
-Images are never decoded.
+No Flask here. The request parser streams a file into a temporary file in the uploads folder
+(:func:`spool`; never held whole in memory). Its kind is decided from its first bytes only (never
+from its name or the type the client claims), then it is fsync'd and renamed to a generated name,
+and only after that does a book point at it. A crash leaves at worst an orphan file, which
+:func:`clean` removes at start-up. Images are never decoded.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from storage.journal import fsync_dir
 
 log = logging.getLogger("library_api")
 
@@ -106,58 +107,28 @@ def spool(data_dir: Path) -> BinaryIO:
     return stream
 
 
-def save(stream: BinaryIO, data_dir: Path, purpose: str, limit: int) -> tuple[str, Kind, int]:
-    """Keep ``stream`` in the uploads folder as a cover or a document.
+def save(spooled: BinaryIO, purpose: str, limit: int) -> tuple[str, Kind, int]:
+    """Keep a file the request parser wrote into :func:`spool` as a cover or a document: check it,
+    fsync it and rename it to a generated name.
 
     :returns: the generated file name, its kind and its size.
     :raises UploadError: 413 beyond ``limit`` bytes, 422 when empty, 415 when its bytes are not
         a kind ``purpose`` takes. Nothing is left on disk then.
     """
-    where = folder(data_dir)
-    if Path(getattr(stream, "name", "") or "").parent == where:
-        return _keep_spooled(stream, where, purpose, limit)
-    temp = where / f".{uuid.uuid4().hex}.tmp"
-    size = 0
-    head = b""
+    temp = Path(spooled.name)
     try:
-        with open(temp, "wb") as out:
-            fcntl.flock(out.fileno(), fcntl.LOCK_EX)
-            for chunk in _chunks(stream):
-                size += len(chunk)
-                if size > limit:
-                    raise UploadError(413, f"The file is larger than the limit of {limit // (1024 * 1024)} MB")
-                if len(head) < HEAD:
-                    head += chunk[: HEAD - len(head)]
-                out.write(chunk)
-            if size == 0:
-                raise UploadError(422, "The file is empty")
-            kind = _judge(head, purpose)
-            out.flush()
-            os.fsync(out.fileno())
-        name = f"{uuid.uuid4().hex}.{kind.extension}"
-        os.replace(temp, where / name)
-        _fsync_dir(where)
-        return name, kind, size
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def _keep_spooled(stream: BinaryIO, where: Path, purpose: str, limit: int) -> tuple[str, Kind, int]:
-    temp = Path(stream.name)
-    try:
-        size = stream.seek(0, os.SEEK_END)
+        size = spooled.seek(0, os.SEEK_END)
         if size > limit:
             raise UploadError(413, f"The file is larger than the limit of {limit // (1024 * 1024)} MB")
         if size == 0:
             raise UploadError(422, "The file is empty")
-        stream.seek(0)
-        kind = _judge(stream.read(HEAD), purpose)
-        stream.flush()
-        os.fsync(stream.fileno())
+        spooled.seek(0)
+        kind = _judge(spooled.read(HEAD), purpose)
+        spooled.flush()
+        os.fsync(spooled.fileno())
         name = f"{uuid.uuid4().hex}.{kind.extension}"
-        os.replace(temp, where / name)
-        _fsync_dir(where)
+        os.replace(temp, temp.parent / name)
+        fsync_dir(temp.parent)
         return name, kind, size
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -170,14 +141,6 @@ def _judge(head: bytes, purpose: str) -> Kind:
         names = ", ".join(k.name for k in KINDS[purpose])
         raise UploadError(415, f"The file is not one of: {names} (judged from its bytes, not its name)")
     return kind
-
-
-def _chunks(stream: BinaryIO) -> Iterator[bytes]:
-    while True:
-        chunk = stream.read(CHUNK)
-        if not chunk:
-            return
-        yield chunk
 
 
 def remove(data_dir: Path, name: str | None) -> None:
@@ -224,11 +187,3 @@ def _in_use(path: Path) -> bool:
     finally:
         os.close(fd)  # closing drops the lock taken here
     return False
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
