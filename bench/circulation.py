@@ -65,6 +65,7 @@ from run import (  # noqa: E402
     scenario_warnings,
     stop_on_sigterm,
     summarize,
+    write_collection,
 )
 
 T = TypeVar("T")
@@ -106,12 +107,7 @@ def members_file(count: int) -> Path:
             }
             for member_id in range(1, count + 1)
         ]
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(f'{{"seq": 0, "next_id": {count + 1}, "members": [\n')
-            fh.write(",\n".join(json.dumps(record, separators=(",", ":")) for record in records))
-            fh.write("\n]}\n")
-        os.replace(tmp, path)
+        write_collection(path, records)
     return path
 
 

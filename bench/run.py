@@ -157,15 +157,16 @@ def generate_books(count: int) -> list[dict[str, Any]]:
     return books
 
 
-def write_collection(path: Path, books: list[dict[str, Any]]) -> None:
-    """Write ``books`` as the server's books.json: a header, then one compact record per line.
+def write_collection(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write ``records`` as the server writes a collection file (``books.json`` for
+    ``books.json``): a header, then one compact record per line.
 
     Written to a temporary file first, so an interrupted run never leaves half a file in the cache.
     """
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(f'{{"seq": 0, "next_id": {len(books) + 1}, "books": [\n')
-        fh.write(",\n".join(json.dumps(book, separators=(",", ":")) for book in books))
+        fh.write(f'{{"seq": 0, "next_id": {len(records) + 1}, "{path.stem}": [\n')
+        fh.write(",\n".join(json.dumps(record, separators=(",", ":")) for record in records))
         fh.write("\n]}\n")
     os.replace(tmp, path)
 
