@@ -6,25 +6,17 @@ or ``playwright`` fails these tests rather than skipping them.
 
 from __future__ import annotations
 
-import http.client
-import json
 import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, Locator, Page, expect
 
+from tests.browsers import call, launched, new_tab
 from tests.servers import gunicorn_server, librarian
 
-try:
-    from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
-except ImportError:  # reported by the browser fixture, as a failure
-    sync_playwright = None
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PASSWORD = "correct horse battery"
 
 
@@ -37,47 +29,20 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if sync_playwright is None:
-        pytest.fail("the playwright package is not installed: pip install -r requirements.txt", pytrace=False)
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does this)", pytrace=False)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with launched() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture
 def page(browser: Browser, port: int, tmp_path: Path) -> Iterator[Page]:
     """A fresh tab (its own sessionStorage) at /docs; its screenshot is saved after the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    tab = context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    tab.goto(f"http://127.0.0.1:{port}/docs")
-    expect(tab.get_by_test_id("operation").first).to_be_visible()
-    yield tab
-    shot = tmp_path / "docs.png"
-    tab.screenshot(path=str(shot), full_page=True)
-    print(f"screenshot of the docs page: {shot}")
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    with new_tab(browser, tmp_path / "docs.png") as tab:
+        tab.goto(f"http://127.0.0.1:{port}/docs")
+        expect(tab.get_by_test_id("operation").first).to_be_visible()
+        yield tab
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def call(port: int, method: str, path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
-    """One API call on its own connection; returns the JSON body of a 2xx answer."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, json.dumps(body), headers)
-        response = conn.getresponse()
-        data = response.read()
-        assert 200 <= response.status < 300, (method, path, response.status, data)
-        return json.loads(data)
-    finally:
-        conn.close()
 
 
 def register(port: int) -> str:

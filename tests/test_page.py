@@ -17,30 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
 import catalogue
 from library_api import COLLECTIONS
 from storage import JsonStore
+from tests.browsers import CHROMIUM, call, launched, missing_requirements, new_tab
 from tests.servers import ROOT, gunicorn_server, librarian
 
-try:
-    from playwright.sync_api import Browser, Page, WebSocketRoute, expect, sync_playwright
-except ImportError:  # reported by test_the_browser_is_installed and the fixtures, as failures
-    sync_playwright = None
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 LIVE_TIMEOUT_MS = 5_000  # a change must show up within this on the websocket
 POLL_TIMEOUT_MS = 10_000  # polling runs every 3 s: one interval, a refetch, and some slack for a busy CI
 SAMPLE_BOOKS = json.loads((ROOT / "books.json").read_text(encoding="utf-8"))["books"]
-
-
-def missing_requirements() -> str | None:
-    if sync_playwright is None:
-        return "the playwright package is not installed: pip install -r requirements.txt"
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does this)"
-    return None
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -56,45 +43,23 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    problem = missing_requirements()
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with launched() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture
 def page(browser: Browser, tmp_path: Path) -> Iterator[Page]:
     """A fresh page at desktop size; its screenshot is saved after the test, passed or failed."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    tab = context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield tab
-    shot = tmp_path / "page.png"
-    tab.screenshot(path=str(shot), full_page=True)
-    print(f"screenshot of the page: {shot}")
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    with new_tab(browser, tmp_path / "page.png") as tab:
+        yield tab
 
 
 # -- helpers -------------------------------------------------------------------------------------
 
 
 def request(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One API call on its own connection; returns the JSON body of a 2xx answer."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        payload = json.dumps(body) if body is not None else None
-        conn.request(method, path, payload, librarian[port])
-        response = conn.getresponse()
-        data = response.read()
-        assert 200 <= response.status < 300, (method, path, response.status, data)
-        return json.loads(data)
-    finally:
-        conn.close()
+    """One API call as a librarian; returns the JSON body of a 2xx answer."""
+    return call(port, method, path, body, librarian[port])
 
 
 def create_book(port: int, title: str) -> dict[str, Any]:
@@ -274,20 +239,14 @@ def test_when_the_websocket_drops_the_page_polls_then_reconnects(server, page):
 
 def test_on_a_phone_the_books_are_cards_that_fit_the_screen(server, browser, tmp_path):
     port, _ = server
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-    phone = context.new_page()
-    try:
+    phone_size = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
+    with new_tab(browser, tmp_path / "phone.png", **phone_size) as phone:
         phone.goto(f"http://127.0.0.1:{port}/")
         expect(phone.get_by_test_id("book")).to_have_count(10)
         expect(phone.locator("thead")).to_be_hidden()
         assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         first = phone.get_by_test_id("book").first.bounding_box()
         assert first is not None and first["width"] <= 390
-    finally:
-        shot = tmp_path / "phone.png"
-        phone.screenshot(path=str(shot), full_page=True)
-        print(f"screenshot of the page on a phone: {shot}")
-        context.close()
 
 
 def test_an_uploaded_cover_shows_on_the_page(server, page):

@@ -1,0 +1,78 @@
+"""What the browser tests share: Debian's chromium driven by Playwright, a tab that records its
+JavaScript errors and leaves a screenshot, and a plain API call to set up what the page shows.
+
+A missing ``chromium`` or ``playwright`` fails these tests rather than skipping them, so a broken
+CI image cannot pass for a working page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+try:
+    from playwright.sync_api import Browser, Page, sync_playwright
+except ImportError:  # reported by missing_requirements, as a failure
+    sync_playwright = None
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def missing_requirements() -> str | None:
+    if sync_playwright is None:
+        return "the playwright package is not installed: pip install -r requirements.txt"
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does this)"
+    return None
+
+
+@contextlib.contextmanager
+def launched() -> Iterator[Browser]:
+    """Chromium, for a module's tests."""
+    problem = missing_requirements()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@contextlib.contextmanager
+def new_tab(browser: Browser, screenshot: Path, **context: Any) -> Iterator[Page]:
+    """A tab in a fresh context (its own storage) at desktop size unless ``context`` says
+    otherwise. Its screenshot is saved afterwards, passed or failed, and a JavaScript error on the
+    page fails the test."""
+    options = {"viewport": {"width": 1280, "height": 900}, **context}
+    browser_context = browser.new_context(**options)
+    tab = browser_context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield tab
+    finally:
+        tab.screenshot(path=str(screenshot), full_page=True)
+        print(f"screenshot of the page: {screenshot}")
+        browser_context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def call(port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+    """One API call on its own connection; returns the JSON body of a 2xx answer."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        payload = json.dumps(body) if body is not None else None
+        conn.request(method, path, payload, {"Content-Type": "application/json", **(headers or {})})
+        response = conn.getresponse()
+        data = response.read()
+        assert 200 <= response.status < 300, (method, path, response.status, data)
+        return json.loads(data)
+    finally:
+        conn.close()
