@@ -449,10 +449,10 @@ def patch_book(
 def delete_book(txn: Txn, book_id: int, if_match: Any, now: str) -> dict[str, Any]:
     """``DELETE``; refused while the book is on loan. Holds waiting for it are cancelled."""
     _current(txn, book_id, if_match)
-    if any(loan["book_id"] == book_id and loan.get("returned_at") is None for _, loan in txn.items("loans")):
+    if status_in(txn, book_id)[0] == "checked_out":
         raise ConflictError("The book is on loan; it can be deleted once it is returned")
-    for _, hold in list(txn.items("holds")) if "holds" in txn.snapshot.tables else ():
-        if hold["book_id"] == book_id and hold["status"] in ("waiting", "ready"):
+    for hold in txn.where("holds", "book_id", book_id):
+        if hold["status"] in ("waiting", "ready"):
             txn.put("holds", {**hold, "status": "cancelled", "closed_at": now})
     return txn.delete("books", book_id)
 
@@ -470,13 +470,11 @@ def _current(txn: Txn, book_id: int, if_match: Any) -> dict[str, Any]:
 
 def status_in(txn: Txn, book_id: int) -> tuple[str, str | None]:
     """:meth:`CatalogueView.status` as the transaction sees it."""
-    for _, loan in txn.items("loans"):
-        if loan["book_id"] == book_id and loan.get("returned_at") is None:
+    for loan in txn.where("loans", "book_id", book_id):
+        if loan.get("returned_at") is None:
             return "checked_out", loan.get("due_at")
-    if "holds" in txn.snapshot.tables:
-        for _, hold in txn.items("holds"):
-            if hold["book_id"] == book_id and hold.get("status") == "ready":
-                return "on_hold", None
+    if any(hold.get("status") == "ready" for hold in txn.where("holds", "book_id", book_id)):
+        return "on_hold", None
     return "available", None
 
 

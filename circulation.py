@@ -121,31 +121,11 @@ def fines_due(
     return max(0, owed - paid)
 
 
-def where(txn: Txn, collection: str, field: str, value: Any) -> list[dict[str, Any]]:
-    """The records of ``collection`` whose ``field`` is ``value``, as the transaction sees them, in
-    id order: through an index of the snapshot (built once per snapshot) and the transaction's own
-    changes, so that a check does not walk every loan or hold ever made."""
-    snap = txn.snapshot
-    key = ("where", collection, field)
-    index = snap.derived.get(key)
-    if index is None:
-        index = {}
-        for rid, record in snap.tables[collection].records.items():
-            index.setdefault(record.get(field), []).append(rid)
-        snap.derived[key] = index
-    pending = txn.pending(collection)
-    found = {rid: snap.tables[collection].records[rid] for rid in index.get(value, ()) if rid not in pending}
-    for rid, record in pending.items():
-        if record is not None and record.get(field) == value:
-            found[rid] = record
-    return [found[rid] for rid in sorted(found)]
-
-
 def member_fines(source: Txn | Snapshot, member_id: int, now: datetime, rules: Rules) -> int:
     """What ``member_id`` owes in cents, as a transaction or a snapshot sees it."""
     if isinstance(source, Txn):
-        loans = where(source, "loans", "member_id", member_id)
-        payments = where(source, "payments", "member_id", member_id)
+        loans = source.where("loans", "member_id", member_id)
+        payments = source.where("payments", "member_id", member_id)
     else:
         loans = _by_member(source, "loans").get(member_id, [])
         payments = _by_member(source, "payments").get(member_id, [])
@@ -206,7 +186,7 @@ def public_hold(hold: Mapping[str, Any], position: int | None) -> dict[str, Any]
 def queue(txn: Txn, book_id: int) -> list[dict[str, Any]]:
     """The active holds of a book in queue order: the ready one (if any) first, then the waiting
     ones, oldest first."""
-    active = [h for h in where(txn, "holds", "book_id", book_id) if h["status"] in ACTIVE_HOLDS]
+    active = [h for h in txn.where("holds", "book_id", book_id) if h["status"] in ACTIVE_HOLDS]
     active.sort(key=lambda h: (h["status"] != "ready", h["created_at"], h["id"]))
     return active
 
@@ -229,7 +209,7 @@ def positions(txn: Txn) -> dict[int, int]:
 
 
 def open_loan_of(txn: Txn, book_id: int) -> dict[str, Any] | None:
-    for loan in where(txn, "loans", "book_id", book_id):
+    for loan in txn.where("loans", "book_id", book_id):
         if loan.get("returned_at") is None:
             return loan
     return None
@@ -247,7 +227,7 @@ def expire_holds(txn: Txn, now: datetime, rules: Rules, book_id: int | None = No
     """End every kept (``ready``) hold whose time is over, passing the book to the next member in
     its queue (whose keep starts when the previous one ended). Returns how many expired."""
     expired = 0
-    books = {book_id} if book_id is not None else {h["book_id"] for h in where(txn, "holds", "status", "ready")}
+    books = {book_id} if book_id is not None else {h["book_id"] for h in txn.where("holds", "status", "ready")}
     for bid in books:
         _repair(txn, bid, now, rules)
         while True:
@@ -319,7 +299,7 @@ def borrow(
     kept = line[0] if line and line[0]["status"] == "ready" else None
     if kept is not None and kept["member_id"] != member_id:
         raise ConflictError(f"The book is kept for a member who placed a hold, until {kept['expires_at'][:10]}")
-    out = sum(1 for ln in where(txn, "loans", "member_id", member_id) if ln.get("returned_at") is None)
+    out = sum(1 for ln in txn.where("loans", "member_id", member_id) if ln.get("returned_at") is None)
     if out >= rules.max_loans:
         raise ConflictError(f"The member already has {out} books on loan, the most allowed (LIBRARY_MAX_LOANS)")
     owed = member_fines(txn, member_id, now, rules)
@@ -447,7 +427,7 @@ def cancel_hold(txn: Txn, actor: Mapping[str, Any], hold_id: int, now: datetime,
 def cancel_all_holds(txn: Txn, now: datetime, rules: Rules, *, member_id: int) -> None:
     """Cancel the active holds of a member who is being deleted; a book kept for them passes to
     the next in its queue."""
-    for hold in where(txn, "holds", "member_id", member_id):
+    for hold in txn.where("holds", "member_id", member_id):
         if hold["status"] in ACTIVE_HOLDS:
             txn.put("holds", {**hold, "status": "cancelled", "closed_at": stamp(now)})
             if hold["status"] == "ready":

@@ -895,7 +895,7 @@ def list_loans() -> Response:
     lending, moment = rules(), now()
     snap = store().snapshot()
     if "member_id" in args:  # through the per-snapshot index: a member's page costs their loans only
-        chosen = circulation.where(Txn(snap), "loans", "member_id", args["member_id"])
+        chosen = Txn(snap).where("loans", "member_id", args["member_id"])
     else:
         chosen = list(snap.tables["loans"].records.values())
     if "book_id" in args:
@@ -974,7 +974,7 @@ def list_holds() -> Response:
     current = holds_now()
     places = circulation.positions(current)
     if "member_id" in args:
-        chosen = circulation.where(current, "holds", "member_id", args["member_id"])
+        chosen = current.where("holds", "member_id", args["member_id"])
     else:
         chosen = [hold for _, hold in current.items("holds")]
     if "book_id" in args:

@@ -95,8 +95,8 @@ def listing_in(txn: Txn, record: Mapping[str, Any], fines_due: float = 0.0) -> d
     """:func:`listing` as a transaction sees it (the same bytes as from the snapshot it commits)."""
     member = public_member(record)
     loans = []
-    for _, loan in txn.items("loans"):
-        if loan["member_id"] == record["id"] and loan.get("returned_at") is None:
+    for loan in txn.where("loans", "member_id", record["id"]):
+        if loan.get("returned_at") is None:
             book = txn.get("books", loan["book_id"]) or {}
             loans.append(
                 {
@@ -217,7 +217,7 @@ def delete(txn: Txn, actor_id: int, member_id: int) -> dict[str, Any]:
     if actor["role"] != "admin":
         raise PermissionDenied("Only an admin can delete members")
     target = txn.get_or_fail("members", member_id, "Member not found")
-    out = sum(1 for _, loan in txn.items("loans") if loan["member_id"] == member_id and loan.get("returned_at") is None)
+    out = sum(1 for loan in txn.where("loans", "member_id", member_id) if loan.get("returned_at") is None)
     if out:
         raise ConflictError(
             f"The member has {out} book{'s' if out > 1 else ''} on loan; "

@@ -149,6 +149,28 @@ class Txn:
         (None for a deleted record)."""
         return {rid: rec for (col, rid), rec in self._all_changes().items() if col == collection}
 
+    def where(self, collection: str, field: str, value: Any) -> list[Record]:
+        """The current records of ``collection`` whose ``field`` equals ``value``, in id order.
+
+        Found through an index of the snapshot (built on first use, kept in ``derived``, so once
+        per snapshot) and this transaction's own changes: a check does not walk every record.
+        """
+        snap = self.snapshot
+        key = ("where", collection, field)
+        index = snap.derived.get(key)
+        if index is None:
+            index = {}
+            for rid, record in snap.tables[collection].records.items():
+                index.setdefault(record.get(field), []).append(rid)
+            snap.derived[key] = index
+        pending = self.pending(collection)
+        records = snap.tables[collection].records
+        found = {rid: records[rid] for rid in index.get(value, ()) if rid not in pending}
+        for rid, record in pending.items():
+            if record is not None and record.get(field) == value:
+                found[rid] = record
+        return [found[rid] for rid in sorted(found)]
+
     def insert(self, collection: str, record: Record) -> Record:
         """Store ``record`` under a new id (never used before in this collection) and return it."""
         new_id = self.next_id(collection)

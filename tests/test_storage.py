@@ -327,3 +327,21 @@ def test_updaters_committed_together_see_each_others_changes(tmp_path):
         thread.join()
     assert titles(store) == ["only one"]
     assert sum(r is not None for r in results) == 1
+
+
+def test_where_finds_records_by_a_field_through_the_transaction(tmp_path):
+    store = JsonStore(tmp_path, ("loans",))
+    store.update(lambda txn: [txn.insert("loans", {"book_id": b, "open": True}) for b in (1, 2, 1)])
+
+    def check(txn):
+        assert [r["id"] for r in txn.where("loans", "book_id", 1)] == [1, 3]
+        txn.put("loans", {"id": 1, "book_id": 2, "open": False})  # moved to another book
+        txn.insert("loans", {"book_id": 1, "open": True})
+        txn.delete("loans", 3)
+        assert [r["id"] for r in txn.where("loans", "book_id", 1)] == [4]
+        child = txn.child()
+        child.insert("loans", {"book_id": 1})
+        assert [r["id"] for r in child.where("loans", "book_id", 1)] == [4, 5]
+        assert [r["id"] for r in txn.where("loans", "book_id", 2)] == [1, 2]
+
+    store.update(check)
