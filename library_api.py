@@ -47,6 +47,7 @@ import loader
 import members
 import operations
 import readcache
+import records
 import uploads
 from catalogue import BookQuery, CatalogueView, WriterIndex
 from schemas import (
@@ -99,6 +100,7 @@ from storage import (
     NotFoundError,
     PreconditionFailedError,
     StorageError,
+    StoreUnavailableError,
     Txn,
 )
 
@@ -218,6 +220,7 @@ STORAGE_STATUS: dict[type[StorageError], int] = {
     JournalTruncatedError: 410,
     LockTimeoutError: 503,
     CorruptFileError: 503,
+    StoreUnavailableError: 503,
 }
 
 
@@ -1105,9 +1108,14 @@ def release_live_slot(exc: BaseException | None) -> None:
 @api.get("/healthz")
 @documented(response=HealthSchema)
 def healthz() -> Response:
-    """Liveness and the data directory's current sequence number."""
+    """Liveness, the data directory's current sequence number, and what refuses writes (503)."""
     current = view()
-    return json_response(orjson.dumps({"status": "ok", "seq": current.snap.seq, "books": len(current.books)}))
+    health = store().health()
+    body = {"status": "ok" if health["writable"] else "degraded", "seq": current.snap.seq, "books": len(current.books)}
+    if not health["writable"]:
+        body["problems"] = health["problems"]
+        return json_response(orjson.dumps(body), status=503)
+    return json_response(orjson.dumps(body))
 
 
 @api.get("/openapi.json")
@@ -1420,6 +1428,7 @@ def open_store(app: Flask) -> JsonStore:
         COLLECTIONS,
         describe=catalogue.describe,
         initial=fill,
+        validate=records.problem,
         lock_timeout=float(app.config["LOCK_TIMEOUT"]),
         journal_keep=int(app.config["JOURNAL_KEEP"]),
     )
@@ -1484,6 +1493,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["library_housekeeper"] = housekeeper
     if not app.testing:  # tests run it by hand, on their own clock
         app.before_request(housekeeper.start)  # in the worker, after gunicorn forked it
+        # Checkpoints, hand edits and journal repairs, in every worker from its start (a worker
+        # that serves nothing must still follow the journal); started again after a fork
+        # (gunicorn --preload). Tests call store.maintain() themselves.
+        app.extensions["library_store"].start()
+        app.before_request(app.extensions["library_store"].start)
     # Refuses (auth.SecretError) to start with a configured secret shorter than 32 bytes.
     app.extensions["library_secret"] = auth.load_secret(
         str(app.config["SECRET_KEY"] or ""), Path(app.extensions["library_store"].directory)

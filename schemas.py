@@ -200,10 +200,16 @@ class ProblemSchema(Schema):
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
 
 
+class HealthProblemSchema(Schema):
+    file = fields.String()
+    problem = fields.String()
+
+
 class HealthSchema(Schema):
-    status = fields.String()
+    status = fields.String(metadata={"description": "ok, or degraded while writes are refused (503)"})
     seq = fields.Integer()
     books = fields.Integer()
+    problems = fields.List(fields.Nested(HealthProblemSchema), metadata={"description": "what refuses writes"})
 
 
 # -- members and sign-in ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from storage.errors import (
     NotFoundError,
     PreconditionFailedError,
     StorageError,
+    StoreUnavailableError,
 )
 from storage.jsonfile import JsonStore
 
@@ -27,6 +28,7 @@ __all__ = [
     "PreconditionFailedError",
     "Snapshot",
     "StorageError",
+    "StoreUnavailableError",
     "Store",
     "Txn",
 ]

@@ -13,9 +13,9 @@ the live feed publishes). :meth:`Store.events_since` replays those events.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, TypeVar
 
 from storage.errors import NotFoundError
@@ -34,29 +34,125 @@ class Change:
     after: Record | None
 
 
+SHIFT = 9
+"""Records are kept in buckets of 2**SHIFT consecutive ids: a change copies only its bucket."""
+
+
+class Records(Mapping[int, Record]):
+    """The records of one collection at one moment, by id, iterated in ascending id order.
+
+    Immutable and cheap to derive: :meth:`with_changes` copies only the buckets that a change
+    touches (and the small table of buckets), so a write to a collection of 100,000 records costs
+    its change, not a copy of every record.
+    """
+
+    __slots__ = ("_buckets", "_order", "_len")
+
+    def __init__(self, buckets: dict[int, dict[int, Record]] | None = None, length: int = 0) -> None:
+        self._buckets = buckets or {}
+        self._order = sorted(self._buckets)
+        self._len = length
+
+    @classmethod
+    def from_items(cls, items: Iterable[tuple[int, Record]]) -> Records:
+        """Records from ``(id, record)`` pairs in any order (a later pair with the same id wins)."""
+        return cls().with_changes(items)
+
+    def __getitem__(self, record_id: int) -> Record:
+        try:
+            return self._buckets[record_id >> SHIFT][record_id]
+        except (KeyError, TypeError):
+            raise KeyError(record_id) from None
+
+    def get(self, record_id: Any, default: Any = None) -> Any:
+        try:
+            return self._buckets[record_id >> SHIFT].get(record_id, default)
+        except (KeyError, TypeError):
+            return default
+
+    def __contains__(self, record_id: object) -> bool:
+        try:
+            return record_id in self._buckets[record_id >> SHIFT]  # type: ignore[operator]
+        except (KeyError, TypeError):
+            return False
+
+    def __iter__(self) -> Iterator[int]:
+        buckets = self._buckets
+        return itertools.chain.from_iterable(buckets[n] for n in self._order)
+
+    def __reversed__(self) -> Iterator[int]:
+        buckets = self._buckets
+        return itertools.chain.from_iterable(reversed(buckets[n]) for n in reversed(self._order))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def values(self) -> Iterator[Record]:  # type: ignore[override]
+        buckets = self._buckets
+        return itertools.chain.from_iterable(buckets[n].values() for n in self._order)
+
+    def items(self) -> Iterator[tuple[int, Record]]:  # type: ignore[override]
+        buckets = self._buckets
+        return itertools.chain.from_iterable(buckets[n].items() for n in self._order)
+
+    def last_id(self) -> int:
+        """The highest id held, or 0."""
+        for n in reversed(self._order):
+            if self._buckets[n]:
+                return next(reversed(self._buckets[n]))
+        return 0
+
+    def with_changes(self, entries: Iterable[tuple[int, Record | None]]) -> Records:
+        """New records: these with each ``(id, record)`` put, or removed where record is None."""
+        buckets = dict(self._buckets)
+        copied: set[int] = set()
+        unordered: set[int] = set()
+        length = self._len
+        for record_id, record in entries:
+            n = record_id >> SHIFT
+            if n not in copied:
+                buckets[n] = dict(buckets.get(n, ()))
+                copied.add(n)
+            bucket = buckets[n]
+            if record is None:
+                if bucket.pop(record_id, None) is not None:
+                    length -= 1
+            else:
+                if record_id not in bucket:
+                    length += 1
+                    if bucket and record_id < next(reversed(bucket)):
+                        unordered.add(n)
+                bucket[record_id] = record
+        for n in unordered:
+            buckets[n] = dict(sorted(buckets[n].items()))
+        for n in copied:
+            if not buckets[n]:
+                del buckets[n]
+        if buckets.keys() == self._buckets.keys():
+            derived = Records.__new__(Records)
+            derived._buckets, derived._order, derived._len = buckets, self._order, length
+            return derived
+        return Records(buckets, length)
+
+
 class Table:
-    """One collection at one moment: records by id (in id order), the next id to hand out, and the
-    ``seq`` of the last change written to it. Tables are never changed after they are published."""
+    """One collection at one moment: its records, the next id to hand out, and the ``seq`` of the
+    last change to it. Tables are never changed after they are published."""
 
-    __slots__ = ("name", "records", "next_id", "seq", "parts", "positions")
+    __slots__ = ("name", "records", "next_id", "seq")
 
-    def __init__(
-        self,
-        name: str,
-        records: dict[int, Record],
-        next_id: int,
-        seq: int,
-        parts: list[bytes] | None = None,
-        positions: dict[int, int] | None = None,
-    ) -> None:
+    def __init__(self, name: str, records: Records, next_id: int, seq: int) -> None:
         self.name = name
         self.records = records
         self.next_id = next_id
         self.seq = seq
-        # Each record encoded, in id order, and each id's place in that list: kept (when known) so
-        # that writing the file re-encodes only the records that changed.
-        self.parts = parts
-        self.positions = positions
+
+    def with_changes(self, entries: list[tuple[int, Record | None]], seq: int, next_id: int = 1) -> Table:
+        """This table with each ``(id, record or None to delete)`` applied, as of ``seq``."""
+        records = self.records.with_changes(entries)
+        # An id that was ever given out (even one deleted since) is never given out again.
+        last = max((rid for rid, _ in entries), default=0)
+        return Table(self.name, records, max(next_id, self.next_id, last + 1), max(seq, self.seq))
 
 
 class Snapshot:
@@ -75,7 +171,7 @@ class Snapshot:
 
     def records(self, collection: str) -> Mapping[int, Record]:
         """All records of ``collection`` by id, in ascending id order (read-only)."""
-        return MappingProxyType(self.tables[collection].records)
+        return self.tables[collection].records
 
     def get(self, collection: str, record_id: int) -> Record | None:
         """The record with ``record_id``, or None."""

@@ -49,3 +49,8 @@ class CorruptFileError(StorageError):
         super().__init__(
             f"{self.path}: {reason}{where}. Nothing was written; fix the file or restore it from a backup."
         )
+
+
+class StoreUnavailableError(StorageError):
+    """Writes are refused for now: a data file is missing or invalid, or the journal is being
+    repaired (HTTP 503). The message names the file and what to do."""

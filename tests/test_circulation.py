@@ -480,7 +480,7 @@ def test_writes_committed_by_the_housekeeper_keep_their_own_request(app, anon, d
         threading.Thread(target=lambda n=n, c=c: statuses.__setitem__(n, c().status_code)) for n, c in calls.items()
     ]
     store = app.extensions["library_store"]
-    with store._mutex:  # the writes queue up behind this thread, which then leads their commit
+    with store._commit_mutex:  # the writes queue up behind this thread, which then leads their commit
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 10

@@ -34,6 +34,7 @@ def test_writer_processes_through_storage_lose_nothing(tmp_path):
     with multiprocessing.get_context("fork").Pool(WRITERS) as pool:
         ids = [i for chunk in pool.map(_insert_many, [(str(tmp_path), w) for w in range(WRITERS)]) for i in chunk]
     assert sorted(ids) == list(range(1, WRITERS * WRITES + 1))
+    JsonStore(tmp_path, ("books",))  # start-up replays the journal into the file
     books = orjson.loads((tmp_path / "books.json").read_bytes())["books"]
     assert len(books) == WRITERS * WRITES
     assert {b["title"] for b in books} == {f"{w}-{i}" for w in range(WRITERS) for i in range(WRITES)}
@@ -65,23 +66,25 @@ def test_writers_through_gunicorn_with_three_workers_lose_nothing(tmp_path):
     assert len(on_disk) == WRITERS * WRITES
 
 
-def _write_until_killed(directory: str, out: int) -> None:
+def _write_until_killed(directory: str, out: int, checkpoint_every: int) -> None:
     store = JsonStore(directory, ("books",), journal_keep=200)
     n = 0
     while True:
         book = store.update(lambda txn, n=n: txn.insert("books", {"title": f"{os.getpid()}-{n}"}))
         os.write(out, f"{book['id']} {book['title']}\n".encode())  # acknowledged only once durable
         n += 1
+        if checkpoint_every and n % checkpoint_every == 0:
+            store.maintain(force=True)  # rewrite books.json and compact the journal, as the background round does
 
 
-def _one_round(directory: Path, rng: random.Random) -> dict[int, str]:
+def _one_round(directory: Path, rng: random.Random, checkpoint_every: int) -> dict[int, str]:
     """Start a writer, kill it after a random number of acknowledged writes; return its acks."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
         try:
-            _write_until_killed(str(directory), write_end)
+            _write_until_killed(str(directory), write_end, checkpoint_every)
         finally:
             os._exit(1)
     os.close(write_end)
@@ -102,21 +105,27 @@ def _one_round(directory: Path, rng: random.Random) -> dict[int, str]:
     return result
 
 
-def test_sigkill_at_random_moments_300_times(tmp_path):
+@pytest.mark.parametrize("checkpoint_every", [0, 1], ids=["writing", "checkpointing"])
+def test_sigkill_at_random_moments_300_times(tmp_path, checkpoint_every):
+    """A writer killed at random moments: while it appends to the journal, and (checkpointing) while
+    it rewrites books.json and compacts the journal after every write."""
     rng = random.Random(1122)
     JsonStore(tmp_path, ("books",))
     acknowledged: dict[int, str] = {}
     for _ in range(300):
-        acknowledged.update(_one_round(tmp_path, rng))
+        acknowledged.update(_one_round(tmp_path, rng, checkpoint_every))
         # Whatever moment the kill hit, the file on disk parses as it is, before any repair...
-        on_disk = orjson.loads((tmp_path / "books.json").read_bytes())
-        assert isinstance(on_disk["books"], list)
+        if (tmp_path / "books.json").exists():
+            on_disk = orjson.loads((tmp_path / "books.json").read_bytes())
+            assert isinstance(on_disk["books"], list)
         # ...and, once a store has opened the directory, every acknowledged write is there.
         records = JsonStore(tmp_path, ("books",)).snapshot().records("books")
         missing = {i: t for i, t in acknowledged.items() if records.get(i, {}).get("title") != t}
         assert not missing
     assert len(acknowledged) > 300
     assert not list(tmp_path.glob(".*.tmp"))
+    on_disk = orjson.loads((tmp_path / "books.json").read_bytes())["books"]
+    assert {b["id"]: b["title"] for b in on_disk if b["id"] in acknowledged} == acknowledged
 
 
 CORRUPT = b'{"seq": 3, "next_id": 3, "books": [\n{"id": 1, "title": "Dune"},\n{"id": 2, "title": Emma}\n]}\n'

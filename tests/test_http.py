@@ -263,7 +263,7 @@ def test_concurrent_puts_with_one_etag_let_exactly_one_through(app, client, book
         statuses.append(client.put(f"/books/{book['id']}", json=body, headers={"If-Match": etag}).status_code)
 
     threads = [threading.Thread(target=save, args=(n,)) for n in range(8)]
-    with store._mutex:  # no commit can start until every save is queued
+    with store._commit_mutex:  # no commit can start until every save is queued
         for thread in threads:
             thread.start()
         wait_until(lambda: len(store._queue) == 8)

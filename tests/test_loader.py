@@ -319,8 +319,7 @@ def test_reimport_of_an_export_changes_nothing_on_disk(runner, client, data_dir,
     assert counts(result.output) == {
         "created": 0, "updated": 0, "unchanged": expected["created"], "skipped": expected["skipped"],
     }  # fmt: skip
-    assert (data_dir / "books.json").read_bytes() == before["books.json"]
-    assert data_files(data_dir) == before
+    assert data_files(data_dir) == before  # the journal included: not one line was written
 
 
 @pytest.mark.parametrize("export", EXPORTS)

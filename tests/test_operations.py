@@ -113,10 +113,9 @@ def test_restore_over_data_refuses_without_force_and_changes_nothing(tmp_path):
     assert flask(one, "load-books", str(ROOT / "books.json")).returncode == 0
     archive = tmp_path / "one.tar.gz"
     assert flask(one, "backup", str(archive)).returncode == 0
-    create_app({"DATA_DIR": str(two), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET})
-    client_as(create_app({"DATA_DIR": str(two), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET}), "librarian").post(
-        "/books", json={"title": "Only here", "author": "B"}
-    )
+    app = create_app({"DATA_DIR": str(two), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET})
+    client_as(app, "librarian").post("/books", json={"title": "Only here", "author": "B"})
+    app.extensions["library_store"].close()  # as a server leaves it when it stops
     before = fingerprint(two)
     refused = flask(two, "restore", str(archive))
     assert refused.returncode != 0

@@ -41,8 +41,11 @@ def test_a_write_by_another_worker_is_seen_on_the_next_request(two_workers):
 def test_a_hand_edit_is_seen_on_the_next_request(anon, book, data_dir):
     client = anon
     assert titles(client) == [BOOK["title"]]
+    store = client.application.extensions["library_store"]
+    store.maintain(force=True)
     path = data_dir / "books.json"
     path.write_text(path.read_text().replace("The Pragmatic Programmer", "The Pragmatic Programmer, 2nd ed."))
+    store.maintain()  # the store's background round, every quarter second in a server
     assert titles(client) == ["The Pragmatic Programmer, 2nd ed."]
     assert client.get(f"/books/{book['id']}").get_json()["title"] == "The Pragmatic Programmer, 2nd ed."
 

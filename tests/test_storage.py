@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from storage import CorruptFileError, JournalTruncatedError, JsonStore, NotFoundError
+from storage import CorruptFileError, JournalTruncatedError, JsonStore, NotFoundError, StoreUnavailableError
 
 COLLECTIONS = ("books", "members")
 
@@ -33,6 +33,11 @@ def open_store(path: Path, **kwargs) -> JsonStore:
 
 def add(store: JsonStore, title: str) -> dict:
     return store.update(lambda txn: txn.insert("books", {"title": title}))
+
+
+def checkpoint(store: JsonStore) -> None:
+    """Write the collection files now, as the store's background round does once writes stop."""
+    store.maintain(force=True)
 
 
 def titles(store: JsonStore) -> list[str]:
@@ -66,6 +71,7 @@ def test_ids_grow_and_are_never_reused(tmp_path):
 def test_a_failing_updater_writes_nothing(tmp_path):
     store = open_store(tmp_path)
     add(store, "kept")
+    checkpoint(store)
     before = (tmp_path / "books.json").read_bytes(), (tmp_path / "journal.jsonl").read_bytes()
 
     def fail(txn):
@@ -90,6 +96,7 @@ def test_files_are_plain_json_with_one_record_per_line(tmp_path):
     store = open_store(tmp_path)
     add(store, "a")
     add(store, "b")
+    checkpoint(store)
     text = (tmp_path / "books.json").read_text()
     doc = orjson.loads(text)
     assert doc["books"] == [{"id": 1, "title": "a"}, {"id": 2, "title": "b"}]
@@ -139,12 +146,14 @@ def test_another_writer_is_followed_through_the_journal_not_a_reparse(tmp_path):
     assert changes is not None and [c.after["title"] for _, c in changes] == ["one more"]
 
 
-def test_a_hand_edit_is_seen_on_the_next_read_and_published(tmp_path):
+def test_a_hand_edit_is_taken_in_by_the_next_round_and_published(tmp_path):
     store = open_store(tmp_path)
     add(store, "typo")
     add(store, "other")
+    checkpoint(store)
     path = tmp_path / "books.json"
     path.write_text(path.read_text().replace('"typo"', '"fixed"'))
+    store.maintain()
     assert titles(store) == ["fixed", "other"]
     events, _ = store.events_since(2, 10)
     assert [(e["action"], e["book"]["title"]) for e in events] == [("updated", "fixed")]
@@ -154,8 +163,10 @@ def test_a_hand_edit_is_seen_on_the_next_read_and_published(tmp_path):
 def test_a_hand_edit_that_adds_and_removes_records(tmp_path):
     store = open_store(tmp_path)
     add(store, "gone")
+    checkpoint(store)
     path = tmp_path / "books.json"
     path.write_text('[{"id": 7, "title": "typed in"}]')
+    store.maintain()
     assert titles(store) == ["typed in"]
     assert add(store, "next")["id"] == 8
     events, _ = store.events_since(1, 10)
@@ -165,12 +176,14 @@ def test_a_hand_edit_that_adds_and_removes_records(tmp_path):
 def test_a_file_edited_while_stopped_restarts_the_journal(tmp_path):
     store = open_store(tmp_path)
     add(store, "a")
+    checkpoint(store)
     seq = store.seq
     path = tmp_path / "books.json"
     path.write_text(path.read_text().replace('"a"', '"b"'))
     reopened = open_store(tmp_path)
     assert titles(reopened) == ["b"]
     assert reopened.seq > seq
+    store.maintain()
     assert titles(store) == ["b"] and store.seq == reopened.seq
     with pytest.raises(JournalTruncatedError):
         reopened.events_since(0, 10)
@@ -179,6 +192,7 @@ def test_a_file_edited_while_stopped_restarts_the_journal(tmp_path):
 def test_corrupt_file_at_start_is_refused_and_left_untouched(tmp_path):
     store = open_store(tmp_path)
     add(store, "a")
+    checkpoint(store)
     path = tmp_path / "books.json"
     broken = b'{"seq": 1, "next_id": 2, "books": [\n{"id":1,"title":"a"},\n{"id":2,"title": oops}\n]}\n'
     path.write_bytes(broken)
@@ -199,12 +213,17 @@ def test_a_record_without_an_id_is_named_by_its_line(tmp_path):
 def test_corrupt_file_while_running_refuses_writes_and_keeps_serving(tmp_path):
     store = open_store(tmp_path)
     add(store, "a")
+    checkpoint(store)
     path = tmp_path / "books.json"
     good = path.read_bytes()
     path.write_bytes(good.replace(b'"a"', b"a"))
+    store.maintain()
     assert titles(store) == ["a"]
-    with pytest.raises(CorruptFileError):
+    with pytest.raises(StoreUnavailableError, match="books.json.*not valid JSON.*line 2"):
         add(store, "b")
+    store.update(lambda txn: txn.insert("members", {"email": "m@example.org"}))  # other files still take writes
+    assert not store.health()["writable"]
+    checkpoint(store)
     assert path.read_bytes() == good.replace(b'"a"', b"a")
     path.write_bytes(good.replace(b'"a"', b'"A"'))
     add(store, "b")
@@ -219,16 +238,28 @@ def test_orphan_temporary_files_are_removed_at_start(tmp_path):
     assert not orphan.exists()
 
 
-def test_a_write_committed_but_not_renamed_is_redone_at_start(tmp_path):
-    """The state a crash between the journal's commit and the rename leaves behind."""
+def test_writes_the_files_lack_are_replayed_from_the_journal_at_start(tmp_path):
     store = open_store(tmp_path)
     add(store, "a")
-    path = tmp_path / "books.json"
-    before = path.read_bytes()
-    add(store, "b")
-    path.write_bytes(before)  # as if the rename never happened
+    checkpoint(store)
+    add(store, "b")  # in the journal only, as after a kill -9
     assert titles(open_store(tmp_path)) == ["a", "b"]
-    assert orjson.loads(path.read_bytes())["books"][1]["title"] == "b"
+    assert orjson.loads((tmp_path / "books.json").read_bytes())["books"][1]["title"] == "b"
+
+
+def test_a_checkpoint_recorded_but_not_renamed_is_not_taken_for_an_edit(tmp_path):
+    """The state a crash between a checkpoint's journal record and its rename leaves behind."""
+    store = open_store(tmp_path)
+    add(store, "a")
+    checkpoint(store)
+    path = tmp_path / "books.json"
+    os.link(path, tmp_path / "old")
+    add(store, "b")
+    checkpoint(store)
+    os.replace(tmp_path / "old", path)  # as if the rename never happened
+    reopened = open_store(tmp_path)
+    assert titles(reopened) == ["a", "b"]
+    assert reopened.events_since(0, 10)[0]  # the journal went on: it was no edit
 
 
 def test_a_torn_journal_tail_is_cut_off(tmp_path):
@@ -258,6 +289,7 @@ def test_the_journal_is_compacted_and_followers_keep_up(tmp_path):
     b = open_store(tmp_path, journal_keep=5)
     for i in range(30):
         add(a if i % 3 else b, f"book {i}")
+    checkpoint(a)
     lines = (tmp_path / "journal.jsonl").read_bytes().count(b"\n")
     assert lines < 40
     assert titles(a) == titles(b) == [f"book {i}" for i in range(30)]
@@ -276,7 +308,9 @@ def test_a_missing_record_is_not_found(tmp_path):
 def test_files_are_private_to_the_owner(tmp_path):
     store = open_store(tmp_path)
     add(store, "a")
-    assert os.stat(tmp_path / "books.json").st_mode & 0o077 == 0
+    checkpoint(store)
+    for name in ("books.json", "journal.jsonl"):
+        assert os.stat(tmp_path / name).st_mode & 0o077 == 0
 
 
 def test_concurrent_updaters_in_one_process_each_commit_or_fail_alone(tmp_path):
@@ -316,7 +350,7 @@ def test_updaters_committed_together_see_each_others_changes(tmp_path):
 
     results = []
     threads = [threading.Thread(target=lambda: results.append(store.update(insert_once))) for _ in range(8)]
-    with store._mutex:
+    with store._commit_mutex:
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 10
