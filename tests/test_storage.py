@@ -379,3 +379,166 @@ def test_where_finds_records_by_a_field_through_the_transaction(tmp_path):
         assert [r["id"] for r in txn.where("loans", "book_id", 2)] == [1, 2]
 
     store.update(check)
+
+
+def test_a_torn_tail_met_by_a_running_store_is_cut_before_its_next_commit(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    with open(tmp_path / "journal.jsonl", "ab") as fh:  # another writer died mid-write
+        fh.write(b'{"seq": 99, "op": "put", "collection": "books", "id": 5, "rec')
+    add(store, "b")
+    assert titles(open_store(tmp_path)) == ["a", "b"]
+    assert b'"rec\n' not in (tmp_path / "journal.jsonl").read_bytes()
+
+
+def test_a_record_added_by_hand_while_stopped_never_has_its_id_given_again(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    checkpoint(store)
+    path = tmp_path / "books.json"
+    doc = orjson.loads(path.read_bytes())
+    doc["books"].append({"id": 50, "title": "typed in"})  # next_id left as it was
+    path.write_bytes(orjson.dumps(doc))
+    reopened = open_store(tmp_path)
+    assert add(reopened, "next")["id"] == 51
+
+
+def test_a_crash_before_a_new_files_first_rename_leaves_the_journal_whole(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")  # books.json does not exist yet: the journal alone holds the write
+    (tmp_path / ".books.json.1.1.tmp").write_text('{"seq": 1, "next_id": 2, "books": [\n{"id": 1, "tit')
+    assert titles(open_store(tmp_path)) == ["a"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_deleted_ids_are_not_given_again_after_a_replay(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    add(store, "b")
+    store.update(lambda txn: txn.delete("books", 2))  # only in the journal
+    assert add(open_store(tmp_path), "c")["id"] == 3
+
+
+def _commit_past_a_file_size_limit(directory: str, out: int) -> None:
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    store = JsonStore(directory, COLLECTIONS, describe=describe)
+    size = os.stat(store.journal_path).st_size
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 600, size + 600))
+    outcomes = []
+    for i in range(6):
+        try:
+            store.update(lambda txn, i=i: txn.insert("books", {"title": f"t{i}", "padding": "x" * 150}))
+            outcomes.append("ok")
+        except OSError:
+            outcomes.append("failed")
+    os.write(out, orjson.dumps(outcomes))
+    os._exit(0)
+
+
+def test_a_commit_that_cannot_be_written_is_refused_and_leaves_nothing_behind(tmp_path):
+    """A real failure of the journal's write (a file size limit, like a full disk): the writes that
+    fit are acknowledged, the others fail, and the journal holds exactly the acknowledged ones."""
+    open_store(tmp_path)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _commit_past_a_file_size_limit(str(tmp_path), write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as fh:
+        outcomes = orjson.loads(fh.read())
+    os.waitpid(pid, 0)
+    assert "ok" in outcomes and "failed" in outcomes
+    reopened = open_store(tmp_path)
+    assert titles(reopened) == [f"t{i}" for i, outcome in enumerate(outcomes) if outcome == "ok"]
+    add(reopened, "after")  # the journal was left whole: it takes the next write
+    assert titles(open_store(tmp_path))[-1] == "after"
+
+
+def test_a_missing_file_refuses_only_writes_to_it_and_resumes_when_moved_back(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    checkpoint(store)
+    os.replace(tmp_path / "books.json", tmp_path / "aside")
+    store.maintain()
+    assert titles(store) == ["a"]
+    with pytest.raises(StoreUnavailableError, match="books.json is missing"):
+        add(store, "b")
+    store.update(lambda txn: txn.insert("members", {"email": "m@example.org"}))
+    checkpoint(store)
+    assert not (tmp_path / "books.json").exists()
+    assert store.health()["problems"][0]["file"].endswith("books.json")
+    os.replace(tmp_path / "aside", tmp_path / "books.json")
+    store.maintain()
+    assert store.health()["writable"]
+    add(store, "b")
+    assert titles(open_store(tmp_path)) == ["a", "b"]
+
+
+def test_an_edit_of_a_file_behind_the_journal_keeps_the_later_writes(tmp_path):
+    store = open_store(tmp_path)
+    for title in ("a", "b", "c"):
+        add(store, title)
+    checkpoint(store)
+    path = tmp_path / "books.json"
+    opened = path.read_text()
+    store.update(lambda txn: txn.put("books", {"id": 2, "title": "b, changed by a writer"}))
+    add(store, "d")
+    seq = store.seq
+    path.write_text(opened.replace('"title":"c"', '"title":"c, edited"').replace('"title":"b"', '"title":"b?"'))
+    store.maintain()
+    assert titles(store) == ["a", "b, changed by a writer", "c, edited", "d"]
+    events, _ = store.events_since(seq, 10)
+    assert [e["book"]["title"] for e in events] == ["c, edited"]
+    assert titles(open_store(tmp_path)) == titles(store)
+
+
+def test_an_edit_older_than_the_journal_reaches_is_refused(tmp_path):
+    store = open_store(tmp_path, journal_keep=2)
+    add(store, "a")
+    checkpoint(store)
+    path = tmp_path / "books.json"
+    opened = path.read_text()
+    for i in range(10):
+        add(store, f"later {i}")
+    checkpoint(store)  # compacts the journal past what the opened file knows
+    path.write_text(opened.replace('"title":"a"', '"title":"A"'))
+    store.maintain()
+    assert not store.health()["writable"]
+    assert "older than the journal reaches" in store.health()["problems"][0]["problem"]
+    assert titles(store)[0] == "a"
+    doc = orjson.loads(opened.replace('"title":"a"', '"title":"A"'))
+    del doc["seq"]  # the way out the message names: applied on top of the current state
+    path.write_bytes(orjson.dumps(doc))
+    store.maintain()
+    assert store.health()["writable"]
+    assert titles(store) == ["A"]
+
+
+def test_a_wrong_typed_record_is_refused_like_invalid_json(tmp_path):
+    def validate(collection, record):
+        return None if isinstance(record.get("title"), str) else '"title" must be text'
+
+    store = open_store(tmp_path, validate=validate)
+    add(store, "a")
+    add(store, "b")
+    checkpoint(store)
+    path = tmp_path / "books.json"
+    path.write_text(path.read_text().replace('"title":"b"', '"title":123'))
+    store.maintain()
+    assert titles(store) == ["a", "b"]
+    with pytest.raises(StoreUnavailableError, match=r'record 2 \(id 2\): "title" must be text at line 3'):
+        add(store, "c")
+    with pytest.raises(CorruptFileError, match="line 3"):
+        open_store(tmp_path, validate=validate)
+
+
+def test_a_failure_after_the_commit_point_does_not_fail_the_write(tmp_path):
+    store = open_store(tmp_path)
+    (tmp_path / ".journal.head").unlink()
+    (tmp_path / ".journal.head").mkdir()  # the hint beside the journal cannot be written any more
+    assert add(store, "a")["id"] == 1
+    assert titles(open_store(tmp_path)) == ["a"]
