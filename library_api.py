@@ -1345,6 +1345,7 @@ def restore_command(path: Path, force: bool) -> None:
     directory = data_dir()
     if current_app.extensions.get("library_was_empty"):
         force = True  # only what this command's own start-up wrote is there
+    store().close()  # this command's own view of the directory must not outlive the swap
     try:
         aside = operations.restore(path, directory, COLLECTIONS, force)
     except operations.BackupError as exc:
@@ -1358,16 +1359,22 @@ class DryRun(Exception):
     """Raised inside a transaction to throw its changes away."""
 
 
+IMPORT_BATCH = 2000
+"""Rows committed together by an import: memory stays bounded by a batch, not the file, and an
+interrupted import can be run again (the upsert rules make what it already did a no-op)."""
+
+
 def import_rows(
     rows: list[loader.Row], dry_run: bool = False, progress: Callable[[int], Any] | None = None
 ) -> dict[str, Any]:
-    """Validate and upsert ``rows`` in one transaction; returns counts and the skipped rows.
-    ``progress(1)`` is called after each row (a progress bar's ``update``)."""
+    """Validate and upsert ``rows``, committed in batches of :data:`IMPORT_BATCH` (a dry run in one
+    transaction that is thrown away); returns counts and the skipped rows. ``progress(1)`` is called
+    after each row (a progress bar's ``update``)."""
     report: dict[str, Any] = {"created": 0, "updated": 0, "unchanged": 0, "skipped": []}
     moment, index = catalogue.utcnow(), writer_index()
 
-    def run(txn: Any) -> None:
-        for line, fields in rows:
+    def upsert(txn: Any, batch: list[loader.Row]) -> None:
+        for line, fields in batch:
             try:
                 data = book_schema.load(_import_fields(fields))
                 _, outcome = catalogue.upsert_book(txn, index, data, moment)
@@ -1381,11 +1388,19 @@ def import_rows(
                 if progress is not None:
                     progress(1)
             report[outcome] += 1
-        if dry_run:
+
+    if dry_run:
+
+        def everything(txn: Any) -> None:
+            upsert(txn, rows)
             raise DryRun
 
-    with contextlib.suppress(DryRun):
-        write_books(run)
+        with contextlib.suppress(DryRun):
+            write_books(everything)
+        return report
+    for start in range(0, len(rows), IMPORT_BATCH):
+        batch = rows[start : start + IMPORT_BATCH]
+        write_books(lambda txn, batch=batch: upsert(txn, batch))
     return report
 
 

@@ -27,6 +27,7 @@ import orjson
 
 import uploads
 from storage import JsonStore
+from storage import journal
 from storage.journal import fsync_dir
 
 MANIFEST = "backup.json"
@@ -165,6 +166,12 @@ def restore(archive_path: Path, directory: Path, collections: Iterable[str], for
     with FileLock(directory / "library.lock", thread_local=False).acquire(timeout=30):
         staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=directory))
         try:
+            # The backup's collection files hold every change (backup checkpoints them first), so
+            # its journal's lines are not needed. The journal starts again after every seq this
+            # directory has used, so that a server still running here reloads the restored
+            # files instead of taking them for an older copy of its own.
+            floor = max(_last_seq(directory / "journal.jsonl") + 1, _last_seq_of(files.get("journal.jsonl", b"")))
+            files = {**files, "journal.jsonl": journal.encode_header(floor)}
             for name, data in files.items():
                 path = staging / name
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +192,28 @@ def restore(archive_path: Path, directory: Path, collections: Iterable[str], for
             return aside
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _last_seq(path: Path) -> int:
+    try:
+        return _last_seq_of(path.read_bytes())
+    except FileNotFoundError:
+        return 0
+
+
+def _last_seq_of(data: bytes) -> int:
+    """The last seq a journal's bytes name (its floor, or its last commit), 0 when unreadable."""
+    last = 0
+    for line in data.splitlines():
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            for key in ("floor", "commit", "seq"):
+                if isinstance(entry.get(key), int):
+                    last = max(last, entry[key])
+    return last
 
 
 # -- export ----------------------------------------------------------------------------------------
