@@ -26,8 +26,7 @@ from typing import Any
 import orjson
 
 import uploads
-from storage import JsonStore
-from storage import journal
+from storage import JsonStore, journal
 from storage.journal import fsync_dir
 
 MANIFEST = "backup.json"
