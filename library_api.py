@@ -129,6 +129,12 @@ SETTINGS = (
     Setting("LOCK_TIMEOUT", 10.0, "Seconds a write waits for the data directory's lock before answering 503."),
     Setting("JOURNAL_KEEP", 10000, "Changes the journal keeps for clients catching up; older ones answer 410."),
     Setting(
+        "CHECKPOINT_CHANGES",
+        20000,
+        "Changes after which the collection files are rewritten even while writes go on (else about a second "
+        "after writes stop).",
+    ),
+    Setting(
         "READ_CACHE_MB", 32, "Memory per worker for repeated catalogue pages (served without Flask); 0 turns it off."
     ),
     Setting("CORS_ORIGINS", "", 'Other origins whose pages may use the API: comma-separated, or "*".'),
@@ -433,6 +439,9 @@ def signed_in(role: str = "member") -> dict[str, Any]:
         raise unauthorized(str(exc), invalid_token=True) from None
     member = store().snapshot().get("members", claims.member_id)
     if member is None or member.get("token_version", 0) != claims.version:
+        if not store().health()["writable"]:
+            # This worker may lack the latest changes while the journal is repaired: not a verdict.
+            raise StoreUnavailableError("The data directory is being repaired; try again in a moment")
         raise unauthorized("The token is no longer valid; sign in again", invalid_token=True)
     if not members.at_least(member, role):
         raise Forbidden(f"Only {ROLE_NAMES[role]} can do this")
@@ -1446,6 +1455,7 @@ def open_store(app: Flask) -> JsonStore:
         validate=records.problem,
         lock_timeout=float(app.config["LOCK_TIMEOUT"]),
         journal_keep=int(app.config["JOURNAL_KEEP"]),
+        checkpoint_changes=int(app.config["CHECKPOINT_CHANGES"]),
     )
 
 
