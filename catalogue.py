@@ -308,6 +308,11 @@ class CatalogueView:
         index: SearchIndex = self._get(
             ("search",), lambda: SearchIndex.build(books), lambda base, changes: base.patched(changes)
         )
+        if any(_ISBNISH.issuperset(word) for word in found):
+            words = index
+            index = self._get(
+                ("search", "isbn"), lambda: words.with_digits(books), lambda base, changes: base.patched(changes)
+            )
         result = index.find(found[0], books)
         for word in found[1:]:
             if not result:
@@ -594,6 +599,20 @@ def _contains(book: Mapping[str, Any], word: str) -> bool:
     )
 
 
+def _isbnish_tokens(book: Mapping[str, Any]) -> list[str]:
+    """The pieces of :func:`_tokens` made of three or more digits or x, without folding the texts
+    that cannot hold one (casefolding makes digits and x only of digits, x and X)."""
+    found = [t for t in (book.get("isbn") or "").lower().split(" ") if _isbnish(t)]
+    for field in ("title", "author"):
+        text = book.get(field)
+        if text and any(c in text for c in _ISBNISH_RAW):
+            found.extend(t for t in fold(text).split(" ") if _isbnish(t))
+    return found
+
+
+_ISBNISH_RAW = "0123456789xX"
+
+
 def _isbnish(token: str) -> bool:
     return len(token) >= 3 and _ISBNISH.issuperset(token)
 
@@ -617,42 +636,59 @@ class SearchIndex:
 
     __slots__ = ("postings", "grams", "digits")
 
-    def __init__(self, postings: list[dict[str, frozenset[int]]], grams: list[dict[str, frozenset[str]]], digits: dict[str, int]) -> None:
+    def __init__(
+        self,
+        postings: list[dict[str, frozenset[int]]],
+        grams: list[dict[str, frozenset[str]]],
+        digits: dict[str, int] | None,
+    ) -> None:
         self.postings, self.grams, self.digits = postings, grams, digits
+
+    def with_digits(self, books: Mapping[int, Mapping[str, Any]]) -> SearchIndex:
+        """This index with its ISBN part (built now if it has none)."""
+        if self.digits is not None:
+            return self
+        return SearchIndex(self.postings, self.grams, self.build_digits(books))
 
     @classmethod
     def build(cls, books: Mapping[int, Mapping[str, Any]]) -> SearchIndex:
         words: dict[str, list[int]] = {}
-        digit_ids: dict[str, list[int]] = {}
         for bid, book in books.items():
-            grams: set[str] = set()
             for token in _tokens(book):
-                if _isbnish(token):
-                    grams.update(_trigrams(token))
-                else:
+                if not _isbnish(token):
                     words.setdefault(token, []).append(bid)
-            for gram in grams:
-                digit_ids.setdefault(gram, []).append(bid)
         postings: list[dict[str, frozenset[int]]] = [{} for _ in range(_WORD_SHARDS)]
         gram_words: dict[str, list[str]] = {}
         for word, ids in words.items():
             postings[hash(word) % _WORD_SHARDS][word] = frozenset(ids)
             for gram in _trigrams(word):
                 gram_words.setdefault(gram, []).append(word)
+        del words
         grams: list[dict[str, frozenset[str]]] = [{} for _ in range(_GRAM_SHARDS)]
         for gram, found in gram_words.items():
             grams[hash(gram) % _GRAM_SHARDS][gram] = frozenset(found)
+        return cls(postings, grams, None)
+
+    @staticmethod
+    def build_digits(books: Mapping[int, Mapping[str, Any]]) -> dict[str, int]:
+        """The ISBN part (built on the first query that could be in an ISBN): each trigram's bit set."""
         size = (max(books) // 8 + 1) if books else 1
-        digits = {}
-        for gram, ids in digit_ids.items():
-            bits = bytearray(size)
-            for bid in ids:
-                bits[bid >> 3] |= 1 << (bid & 7)
-            digits[gram] = int.from_bytes(bits, "little")
-        return cls(postings, grams, digits)
+        bits: dict[str, bytearray] = {}
+        for bid, book in books.items():
+            grams: set[str] = set()
+            for token in _isbnish_tokens(book):
+                grams.update(_trigrams(token))
+            byte, bit = bid >> 3, 1 << (bid & 7)
+            for gram in grams:
+                found = bits.get(gram)
+                if found is None:
+                    found = bits[gram] = bytearray(size)
+                found[byte] |= bit
+        return {gram: int.from_bytes(found, "little") for gram, found in bits.items()}
 
     def patched(self, changes: list[tuple[int, Any, Any]]) -> SearchIndex:
-        postings, grams, digits = list(self.postings), list(self.grams), dict(self.digits)
+        postings, grams = list(self.postings), list(self.grams)
+        digits = dict(self.digits) if self.digits is not None else None
         copied: set[tuple[str, int]] = set()
 
         def shard(kind: str, table: list[dict[str, Any]], key: str, count: int) -> dict[str, Any]:
@@ -695,6 +731,8 @@ class SearchIndex:
                         holders[gram] = holders.get(gram, frozenset()) | {word}
                 else:
                     words[word] = ids | {bid}
+            if digits is None:
+                continue
             old_grams = {g for t in old if _isbnish(t) for g in _trigrams(t)}
             new_grams = {g for t in new if _isbnish(t) for g in _trigrams(t)}
             bit = 1 << bid
@@ -719,6 +757,8 @@ class SearchIndex:
         for token in self._words_containing(word):
             found.update(self.postings[hash(token) % _WORD_SHARDS][token])
         if _ISBNISH.issuperset(word):
+            if self.digits is None:
+                raise ValueError("the index has no ISBN part: see with_digits")
             if len(word) <= 3:
                 bits = 0
                 for gram, gram_bits in self.digits.items():
