@@ -112,8 +112,12 @@ class CatalogueView:
         self.tables = {name: snap.tables.get(name) for name in CATALOGUE_TABLES}
         self.books = snap.tables["books"].records
         self._lock = threading.Lock()
-        self._built: dict[Any, Any] = {}
-        self._pending: dict[Any, tuple[Any, list[Any]]] = {}
+        # What the next view is derived from. The store's holder keeps this (not the view, which
+        # holds the snapshot's records: they must go with their snapshot, in the commit that
+        # replaces it, not on the first read after it).
+        self.state = _State(self.seq, self.version, _table_seqs(snap))
+        self._built = self.state.built
+        self._pending = self.state.pending
         self._unavailable: dict[str, set[int]] | None = None
 
     @classmethod
@@ -134,8 +138,11 @@ class CatalogueView:
 
     # -- deriving ----------------------------------------------------------------------------------
 
-    def derive(self, snap: Snapshot, changes: list[tuple[int, Change]], backwards: bool = False) -> CatalogueView:
-        """The view of ``snap``, which is this view's snapshot with ``changes`` applied (or, when
+    @staticmethod
+    def derive(
+        base: _State, snap: Snapshot, changes: list[tuple[int, Change]], backwards: bool = False
+    ) -> CatalogueView:
+        """The view of ``snap``, which is ``base``'s snapshot with ``changes`` applied (or, when
         ``backwards``, the snapshot before them). Copies nothing: structures with changes to apply
         carry them as pending until first used."""
         books: list[tuple[int, Any, Any]] = []
@@ -158,10 +165,10 @@ class CatalogueView:
         if backwards:
             version = catalogue_version(snap)
         else:
-            version = self.version if visible is None else max(self.version, visible)
+            version = base.version if visible is None else max(base.version, visible)
         view = CatalogueView(snap, version)
         limit = max(_PATCH_LIMIT, len(view.books) // 200)
-        built, pending = dict(self._built), dict(self._pending)
+        built, pending = dict(base.built), dict(base.pending)
         for key, value in [*((k, (v, [])) for k, v in built.items()), *pending.items()]:
             if key in built and value[1]:
                 continue  # published while we looked: the built one is newer
@@ -333,31 +340,49 @@ def catalogue_version(snap: Snapshot) -> int:
     return max(snap.tables[name].seq for name in CATALOGUE_TABLES if name in snap.tables)
 
 
+def _table_seqs(snap: Snapshot) -> tuple[int | None, ...]:
+    return tuple(t.seq if (t := snap.tables.get(name)) is not None else None for name in CATALOGUE_TABLES)
+
+
+class _State:
+    """What a view of a snapshot has derived so far (shared with that view), by which the next
+    view is derived: structures built and structures with changes still to apply."""
+
+    __slots__ = ("seq", "version", "table_seqs", "built", "pending")
+
+    def __init__(self, seq: int, version: int, table_seqs: tuple[int | None, ...]) -> None:
+        self.seq, self.version, self.table_seqs = seq, version, table_seqs
+        self.built: dict[Any, Any] = {}
+        self.pending: dict[Any, tuple[Any, list[Any]]] = {}
+
+
 class _Holder:
-    """The last view made for a store: the next one is derived from it."""
+    """The state of the last view made for a store (the next one is derived from it), and that
+    view itself for as long as its snapshot is alive."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.last: CatalogueView | None = None
+        self.last: _State | None = None
+        self.view: weakref.ref[CatalogueView] | None = None
 
     def view_of(self, snap: Snapshot, store: Store) -> CatalogueView:
         last, view = self.last, None
         if last is not None:
             if last.seq == snap.seq:
-                if all(last.tables[n] is snap.tables.get(n) for n in CATALOGUE_TABLES):
-                    view = last.derive(snap, [])
+                if last.table_seqs == _table_seqs(snap):
+                    view = CatalogueView.derive(last, snap, [])
             elif last.seq < snap.seq:
                 changes = store.changes_between(last.seq, snap.seq)
                 if changes is not None:
-                    view = last.derive(snap, changes)
+                    view = CatalogueView.derive(last, snap, changes)
             else:  # a reader still on an older snapshot: undo the changes since
                 changes = store.changes_between(snap.seq, last.seq)
                 if changes is not None:
-                    view = last.derive(snap, changes, backwards=True)
+                    view = CatalogueView.derive(last, snap, changes, backwards=True)
         if view is None:
             view = CatalogueView(snap)
         if last is None or view.seq >= last.seq:
-            self.last = view
+            self.last, self.view = view.state, weakref.ref(view)
         return view
 
 
@@ -376,7 +401,8 @@ def _holder(store: Store) -> _Holder:
 def last_view(store: Store) -> CatalogueView | None:
     """The newest view made for ``store`` so far (without looking at the store)."""
     holder = _HOLDERS.get(store)
-    return holder.last if holder is not None else None
+    ref = holder.view if holder is not None else None
+    return ref() if ref is not None else None
 
 
 # -- what a loan or hold shows ------------------------------------------------------------------------

@@ -238,7 +238,7 @@ def test_a_loan_leaves_the_book_structures_shared(tmp_path) -> None:
     store.update(lambda txn: txn.insert("loans", {"book_id": 2, "member_id": 1, "due_at": "2026-01-01", "returned_at": None}))
     after = CatalogueView.of(store.snapshot(), store)
     assert after.order("title") is order
-    assert after._built[("search",)] is before._built[("search",)]
+    assert after.state.built[("search",)] is before.state.built[("search",)]
     assert after.search(["book"]) == search
     assert after.status(2) == ("checked_out", "2026-01-01") and before.status(2) == ("available", None)
     assert after.version > before.version
