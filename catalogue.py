@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import math
 import threading
-from collections.abc import Iterable, Mapping
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -76,73 +78,175 @@ def fold(text: str | None) -> str:
 
 
 # -- the public form of a book ---------------------------------------------------------------------
+#
+# What read requests need (sort orders, filter indexes, the search index, which books are out or
+# kept) is derived once and then kept up to date change by change: the view of a new snapshot is
+# the view of the one before it plus the changes in between (``Store.changes_between``). Structures
+# are shared between views and never changed once a view has published them (readers of older
+# snapshots run at the same time): a view that has changes to apply copies what they touch, and
+# only when a request first needs that structure. A loan changes no sort key and no searched text,
+# so it leaves every book structure shared as it is.
+
+
+class _Stale(Exception):
+    """A derived structure does not match the changes it is given: build it again from the books."""
+
+
+_PATCH_LIMIT = 64
+"""Pending changes beyond which (and beyond a 200th of the catalogue) a structure is rebuilt."""
 
 
 class CatalogueView:
-    """Everything read requests need from one snapshot, each part computed on first use."""
+    """Everything read requests need from one snapshot, each part derived on first use.
 
-    def __init__(self, snap: Snapshot) -> None:
-        self.snap = snap
+    Holds the snapshot's records, never the snapshot itself (the snapshot keeps its view in
+    ``derived``: a reference back would keep every old snapshot alive until a full garbage
+    collection).
+    """
+
+    def __init__(self, snap: Snapshot, version: int | None = None) -> None:
+        self.seq = snap.seq
+        self.version = catalogue_version(snap) if version is None else version
+        """The seq of the last change to what the catalogue shows: its ETag and the read cache's
+        version. Sign-ins, member changes, waiting holds and returned loans do not move it."""
+        self.tables = {name: snap.tables.get(name) for name in CATALOGUE_TABLES}
         self.books = snap.tables["books"].records
         self._lock = threading.Lock()
-        self._open_loans: dict[int, dict[str, Any]] | None = None
-        self._kept: dict[int, dict[str, Any]] | None = None
-        self._orders: dict[str, list[int]] = {}
-        self._ranks: dict[str, dict[int, int]] = {}
-        self._indexes: dict[str, dict[Any, set[int]]] = {}
-        self._search: tuple[str, list[int], list[int]] | None = None
-
-    @property
-    def version(self) -> int:
-        """The seq of the last change to what the catalogue shows (books, loans, holds): its ETag
-        and the read cache's version. Sign-ins and member changes do not move it."""
-        return catalogue_version(self.snap)
+        # What the next view is derived from. The store's holder keeps this (not the view, which
+        # holds the snapshot's records: they must go with their snapshot, in the commit that
+        # replaces it, not on the first read after it).
+        self.state = _State(self.seq, self.version, _table_seqs(snap))
+        self._built = self.state.built
+        self._pending = self.state.pending
+        self._unavailable: dict[str, set[int]] | None = None
 
     @classmethod
-    def of(cls, snap: Snapshot) -> CatalogueView:
+    def of(cls, snap: Snapshot, store: Store | None = None) -> CatalogueView:
+        """The view of ``snap``, derived from the last view made for ``store`` when there is one."""
         view = snap.derived.get(cls)
-        if view is None:
-            view = snap.derived.setdefault(cls, cls(snap))
+        if view is not None:
+            return view
+        if store is None:
+            view = cls(snap)
+        else:
+            holder = _holder(store)
+            with holder.lock:
+                view = snap.derived.get(cls)
+                if view is None:
+                    view = holder.view_of(snap, store)
+        return snap.derived.setdefault(cls, view)
+
+    # -- deriving ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def derive(
+        base: _State, snap: Snapshot, changes: list[tuple[int, Change]], backwards: bool = False
+    ) -> CatalogueView:
+        """The view of ``snap``, which is ``base``'s snapshot with ``changes`` applied (or, when
+        ``backwards``, the snapshot before them). Copies nothing: structures with changes to apply
+        carry them as pending until first used."""
+        books: list[tuple[int, Any, Any]] = []
+        loans: list[tuple[Any, Any]] = []
+        holds: list[tuple[Any, Any]] = []
+        for _, change in reversed(changes) if backwards else changes:
+            before, after = (change.after, change.before) if backwards else (change.before, change.after)
+            if change.collection == "books":
+                books.append((change.id, before, after))
+            elif change.collection == "loans":
+                loans.append((before, after))
+            elif change.collection == "holds":
+                holds.append((before, after))
+        # The version is a function of the snapshot alone, so that every worker gives the same
+        # ETag for the same data (a poller's If-None-Match holds whichever worker answers).
+        view = CatalogueView(snap, catalogue_version(snap))
+        limit = max(_PATCH_LIMIT, len(view.books) // 200)
+        built, pending = dict(base.built), dict(base.pending)
+        for key, value in [*((k, (v, [])) for k, v in built.items()), *pending.items()]:
+            if key in built and value[1]:
+                continue  # published while we looked: the built one is newer
+            kind = key[0] if isinstance(key, tuple) else key
+            more = loans if kind == "open_loans" else holds if kind == "kept" else books
+            todo = value[1] + more if more else value[1]
+            if not todo:
+                view._built[key] = value[0]
+            elif len(todo) <= limit:
+                view._pending[key] = (value[0], todo)
         return view
+
+    def _get(self, key: Any, build: Any, patch: Any) -> Any:
+        """The structure ``key``: built, patched from the pending changes, or built anew."""
+        found = self._built.get(key)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._built.get(key)
+            if found is not None:
+                return found
+            pending = self._pending.get(key)
+            if pending is not None:
+                try:
+                    found = patch(pending[0], pending[1])
+                except _Stale:
+                    found = None
+            if found is None:
+                found = build()
+            self._built[key] = found  # published whole, never half built
+            self._pending.pop(key, None)
+            return found
+
+    # -- loans and holds ---------------------------------------------------------------------------
 
     @property
     def open_loans(self) -> dict[int, dict[str, Any]]:
         """Open loans by book id."""
-        if self._open_loans is None:
-            loans = self.snap.tables["loans"].records
-            self._open_loans = {loan["book_id"]: loan for loan in loans.values() if loan.get("returned_at") is None}
-        return self._open_loans
+        table = self.tables["loans"]
+        records = table.records if table is not None else {}
+        return self._get(
+            ("open_loans",), lambda: _by_book(records, _is_open), lambda b, c: _patch_by_book(b, c, _is_open)
+        )
 
     @property
     def kept(self) -> dict[int, dict[str, Any]]:
         """Holds that keep their book for a member (status ``ready``), by book id."""
-        if self._kept is None:
-            holds = self.snap.tables.get("holds")
-            records = holds.records.values() if holds is not None else ()
-            self._kept = {hold["book_id"]: hold for hold in records if hold.get("status") == "ready"}
-        return self._kept
+        table = self.tables["holds"]
+        records = table.records if table is not None else {}
+        return self._get(("kept",), lambda: _by_book(records, _is_ready), lambda b, c: _patch_by_book(b, c, _is_ready))
 
     def status(self, book_id: int) -> tuple[str, str | None]:
         """A book's status and, while it is checked out, when it is due back."""
-        loan = self.open_loans.get(book_id) if self.snap.tables["loans"].records else None
+        loan = self.open_loans.get(book_id)
         if loan is not None:
             return "checked_out", loan.get("due_at")
         if book_id in self.kept:
             return "on_hold", None
         return "available", None
 
+    def unavailable(self) -> dict[str, set[int]]:
+        """The ids of the books that are not available, by status."""
+        found = self._unavailable
+        if found is None:
+            checked_out = {bid for bid in self.open_loans if bid in self.books}
+            on_hold = {bid for bid in self.kept if bid in self.books and bid not in checked_out}
+            found = self._unavailable = {"checked_out": checked_out, "on_hold": on_hold}
+        return found
+
+    # -- one book ----------------------------------------------------------------------------------
+
     def public(self, book_id: int) -> dict[str, Any]:
         """The book as the API shows it: stored fields plus ``status`` and ``due_at``."""
         return public_book(self.books[book_id], *self.status(book_id))
 
     def encoded(self, book_id: int) -> bytes:
-        """The book's public form as JSON bytes, cached for as long as neither it nor its status changes."""
+        """The book's public form as JSON bytes, kept (for the most recently asked books) for as
+        long as neither it nor its status changes."""
         record = self.books[book_id]
         status = self.status(book_id)
         cached = _ENCODED.get(book_id)
         if cached is not None and cached[0] is record and cached[1] == status:
             return cached[2]
         data = orjson.dumps(public_book(record, *status))
+        if len(_ENCODED) >= _ENCODED_MAX:
+            _ENCODED.clear()
         _ENCODED[book_id] = (record, status, data)
         return data
 
@@ -150,94 +254,561 @@ class CatalogueView:
         """A strong ETag for one book: a digest of exactly what GET returns."""
         return etag_of(self.encoded(book_id))
 
-    def order(self, sort_by: str) -> list[int]:
+    # -- sorting -----------------------------------------------------------------------------------
+
+    def order(self, sort_by: str) -> Sequence[int]:
         """Book ids sorted by ``sort_by`` (``-field`` descending), ties by ascending id, empty last."""
-        ids = self._orders.get(sort_by)
-        if ids is not None:
-            return ids
-        field = sort_by.lstrip("-")
-        descending = sort_by.startswith("-")
-        if field == "id":
-            ids = list(self.books)
-            if descending:
-                ids.reverse()
-        else:
-            books = self.books
-            if field in ("title", "author"):
-                keys = {bid: fold(book.get(field)) for bid, book in books.items()}
-            else:
-                keys = {bid: book.get(field) for bid, book in books.items()}
-            present = [bid for bid in books if keys[bid] not in (None, "")]
-            missing = [bid for bid in books if keys[bid] in (None, "")]
-            # Python's sort is stable, also with reverse=True: equal keys keep ascending id order.
-            present.sort(key=keys.__getitem__, reverse=descending)
-            ids = present + missing
-        self._orders[sort_by] = ids
-        return ids
+        if sort_by == "id":
+            return _Ids(self.books, False)
+        if sort_by == "-id":
+            return _Ids(self.books, True)
+        books = self.books
+        return self._get(
+            ("order", sort_by),
+            lambda: _build_order(books, sort_by),
+            lambda base, changes: _patch_order(base, changes, books, sort_by),
+        )
+
+    def page(self, sort_by: str, start: int, end: int, wanted: set[int] | None, unwanted: set[int]) -> list[int]:
+        """Ids ``start:end`` of the books in ``sort_by`` order that are in ``wanted`` (None: all)
+        and not in ``unwanted``."""
+        if wanted is not None:
+            wanted = wanted - unwanted if unwanted else wanted
+            count = len(wanted)
+            if count <= start:
+                return []
+            size = len(self.books)
+            # Sorting the matches by their key costs about a microsecond each; walking the order
+            # until the page is full, a few tens of nanoseconds per book walked.
+            walk = min(size, end * size // count)
+            if sort_by.lstrip("-") == "id" or count * 20 < walk:
+                return _sort_ids(wanted, sort_by, self.books)[start:end]
+            return list(itertools.islice((b for b in self.order(sort_by) if b in wanted), start, end))
+        order = self.order(sort_by)
+        if not unwanted:
+            return list(itertools.islice(order, start, end)) if isinstance(order, _Ids) else order[start:end]
+        return list(itertools.islice((b for b in order if b not in unwanted), start, end))
+
+    # -- filters -----------------------------------------------------------------------------------
 
     def index(self, field: str) -> dict[Any, set[int]]:
         """Book ids by the value of ``field`` (folded text, or the value itself for numbers)."""
-        found = self._indexes.get(field)
-        if found is None:
-            found = {}
-            numeric = field == "publication_year"
-            for bid, book in self.books.items():
-                value = book.get(field)
-                found.setdefault(value if numeric else fold(value), set()).add(bid)
-            self._indexes[field] = found  # published whole, never half built
-        return found
-
-    def unavailable(self) -> dict[str, set[int]]:
-        """The ids of the books that are not available, by status."""
-        checked_out = {bid for bid in self.open_loans if bid in self.books}
-        on_hold = {bid for bid in self.kept if bid in self.books and bid not in checked_out}
-        return {"checked_out": checked_out, "on_hold": on_hold}
-
-    def rank(self, sort_by: str) -> dict[int, int]:
-        """Each book's position in :meth:`order`, to sort a few matches without walking them all."""
-        ranks = self._ranks.get(sort_by)
-        if ranks is None:
-            # Built whole before it is shared: another thread must never see it half filled.
-            ranks = {bid: i for i, bid in enumerate(self.order(sort_by))}
-            self._ranks[sort_by] = ranks
-        return ranks
+        return self._get(
+            ("index", field),
+            lambda: _build_index(self.books, field),
+            lambda base, changes: _patch_index(base, changes, field),
+        )
 
     def search(self, words: list[str]) -> set[int]:
         """Ids of the books in whose title, author or ISBN every word appears (case-insensitive)."""
-        if self._search is None:
-            with self._lock:
-                if self._search is None:
-                    ids = list(self.books)
-                    texts = [
-                        f"{fold(b.get('title'))}\x1f{fold(b.get('author'))}\x1f{(b.get('isbn') or '').lower()}"
-                        for b in self.books.values()
-                    ]
-                    starts, pos = [], 0
-                    for text in texts:
-                        starts.append(pos)
-                        pos += len(text) + 1
-                    self._search = ("\x00".join(texts), starts, ids)
-        text, starts, ids = self._search
-        words = sorted({_search_word(w) for w in words if fold(w)}, key=len, reverse=True)
-        if not words:
+        found = sorted({_search_word(w) for w in words if fold(w)}, key=len, reverse=True)
+        found = [w for w in found if w]  # an empty word (a lone "--") is in every book
+        if not found:
             return set(self.books)
-        # Find the longest word with str.find over one joined string (fast, in C), then check the
-        # remaining words only in the books it found.
-        first, rest = words[0], words[1:]
-        found: set[int] = set()
-        pos = text.find(first)
-        while pos >= 0:
-            index = bisect.bisect_right(starts, pos) - 1
-            found.add(index)
-            nxt = starts[index + 1] if index + 1 < len(starts) else len(text)
-            pos = text.find(first, nxt)
-        result = set()
-        for index in found:
-            end = starts[index + 1] - 1 if index + 1 < len(starts) else len(text)
-            haystack = text[starts[index] : end]
-            if all(w in haystack for w in rest):
-                result.add(ids[index])
+        books = self.books
+        index: SearchIndex = self._get(
+            ("search",), lambda: SearchIndex.build(books), lambda base, changes: base.patched(changes)
+        )
+        if any(_ISBNISH.issuperset(word) for word in found):
+            words = index
+            index = self._get(
+                ("search", "isbn"), lambda: words.with_digits(books), lambda base, changes: base.patched(changes)
+            )
+        result = index.find(found[0], books)
+        for word in found[1:]:
+            if not result:
+                break
+            if len(result) <= 512:
+                result = {bid for bid in result if _contains(books[bid], word)}
+            else:
+                result &= index.find(word, books)
         return result
+
+
+CATALOGUE_TABLES = ("books", "loans", "holds")
+
+
+def catalogue_version(snap: Snapshot) -> int:
+    """The seq of the last change to the tables the catalogue shows: a version that moves with
+    every change of what it shows (and with some that change nothing shown)."""
+    return max(snap.tables[name].seq for name in CATALOGUE_TABLES if name in snap.tables)
+
+
+def _table_seqs(snap: Snapshot) -> tuple[int | None, ...]:
+    return tuple(t.seq if (t := snap.tables.get(name)) is not None else None for name in CATALOGUE_TABLES)
+
+
+class _State:
+    """What a view of a snapshot has derived so far (shared with that view), by which the next
+    view is derived: structures built and structures with changes still to apply."""
+
+    __slots__ = ("seq", "version", "table_seqs", "built", "pending")
+
+    def __init__(self, seq: int, version: int, table_seqs: tuple[int | None, ...]) -> None:
+        self.seq, self.version, self.table_seqs = seq, version, table_seqs
+        self.built: dict[Any, Any] = {}
+        self.pending: dict[Any, tuple[Any, list[Any]]] = {}
+
+
+class _Holder:
+    """The state of the last view made for a store (the next one is derived from it), and that
+    view itself for as long as its snapshot is alive."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last: _State | None = None
+        self.view: weakref.ref[CatalogueView] | None = None
+
+    def view_of(self, snap: Snapshot, store: Store) -> CatalogueView:
+        last, view = self.last, None
+        if last is not None:
+            if last.seq == snap.seq:
+                if last.table_seqs == _table_seqs(snap):
+                    view = CatalogueView.derive(last, snap, [])
+            elif last.seq < snap.seq:
+                changes = store.changes_between(last.seq, snap.seq)
+                if changes is not None:
+                    view = CatalogueView.derive(last, snap, changes)
+            else:  # a reader still on an older snapshot: undo the changes since
+                changes = store.changes_between(snap.seq, last.seq)
+                if changes is not None:
+                    view = CatalogueView.derive(last, snap, changes, backwards=True)
+        if view is None:
+            view = CatalogueView(snap)
+        if last is None or view.seq >= last.seq:
+            self.last, self.view = view.state, weakref.ref(view)
+        return view
+
+
+_HOLDERS: weakref.WeakKeyDictionary[Any, _Holder] = weakref.WeakKeyDictionary()
+_HOLDERS_LOCK = threading.Lock()
+
+
+def _holder(store: Store) -> _Holder:
+    holder = _HOLDERS.get(store)
+    if holder is None:
+        with _HOLDERS_LOCK:
+            holder = _HOLDERS.setdefault(store, _Holder())
+    return holder
+
+
+def last_view(store: Store) -> CatalogueView | None:
+    """The newest view made for ``store`` so far (without looking at the store)."""
+    holder = _HOLDERS.get(store)
+    ref = holder.view if holder is not None else None
+    return ref() if ref is not None else None
+
+
+# -- what a loan or hold shows ------------------------------------------------------------------------
+
+
+def _is_open(loan: Mapping[str, Any]) -> bool:
+    return loan.get("returned_at") is None
+
+
+def _is_ready(hold: Mapping[str, Any]) -> bool:
+    return hold.get("status") == "ready"
+
+
+def _by_book(records: Mapping[int, dict[str, Any]], keep: Any) -> dict[int, dict[str, Any]]:
+    found: dict[int, dict[str, Any]] = {}
+    for record in records.values():
+        if keep(record):
+            if record["book_id"] in found:
+                # Two for one book (a hand-edited file): the last in id order counts, which only a
+                # rebuild knows; mark the structure so that it is never patched.
+                found[_TWICE] = found.get(_TWICE, record)  # type: ignore[index]
+            found[record["book_id"]] = record
+    return found
+
+
+_TWICE = object()
+"""A key in an open-loans or kept map that holds two records for one book (never patched)."""
+
+
+def _patch_by_book(base: dict[Any, Any], changes: list[tuple[Any, Any]], keep: Any) -> dict[Any, Any]:
+    if _TWICE in base:
+        raise _Stale
+    found = dict(base)
+    for before, after in changes:
+        if before is not None and keep(before):
+            if found.get(before["book_id"]) is not before and found.get(before["book_id"]) != before:
+                raise _Stale
+            del found[before["book_id"]]
+        if after is not None and keep(after):
+            if after["book_id"] in found:
+                raise _Stale
+            found[after["book_id"]] = after
+    return found
+
+
+# -- sort orders -------------------------------------------------------------------------------------
+
+
+class _Rev:
+    """A value that sorts the other way round (descending orders keep ties by ascending id)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Rev) -> bool:
+        return bool(other.value < self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Rev) and self.value == other.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _sort_value(book: Mapping[str, Any], field: str) -> Any:
+    """What ``field`` sorts by (folded text), or None when it is empty."""
+    value = book.get(field)
+    if field in ("title", "author"):
+        value = fold(value)
+    return None if value is None or value == "" else value
+
+
+def _sort_key(book: Mapping[str, Any], field: str, descending: bool) -> tuple[Any, ...]:
+    value = _sort_value(book, field)
+    if value is None:
+        return (1, book["id"])
+    return (0, _Rev(value) if descending else value, book["id"])
+
+
+def _build_order(books: Mapping[int, Mapping[str, Any]], sort_by: str) -> list[int]:
+    field = sort_by.lstrip("-")
+    keys = {bid: _sort_value(book, field) for bid, book in books.items()}
+    present = [bid for bid, key in keys.items() if key is not None]
+    missing = [bid for bid, key in keys.items() if key is None]
+    # Python's sort is stable, also with reverse=True: equal keys keep ascending id order.
+    present.sort(key=keys.__getitem__, reverse=sort_by.startswith("-"))
+    return present + missing
+
+
+def _patch_order(
+    base: list[int], changes: list[tuple[int, Any, Any]], books: Mapping[int, Mapping[str, Any]], sort_by: str
+) -> list[int]:
+    field, descending = sort_by.lstrip("-"), sort_by.startswith("-")
+    first: dict[int, Any] = {}
+    for bid, before, _ in changes:
+        first.setdefault(bid, before)
+    # Books that changed still sit in the list under their key from before the first change.
+    old = {bid: _sort_key(before, field, descending) for bid, before in first.items() if before is not None}
+
+    def key(bid: int) -> tuple[Any, ...]:
+        found = old.get(bid)
+        return found if found is not None else _sort_key(books[bid], field, descending)
+
+    ids = base.copy()
+    try:
+        for bid, wanted in list(old.items()):
+            at = bisect.bisect_left(ids, wanted, key=key)
+            if at >= len(ids) or ids[at] != bid:
+                raise _Stale
+            del ids[at]
+        old.clear()
+        for bid in first:
+            book = books.get(bid)
+            if book is not None:
+                bisect.insort(ids, bid, key=key)
+    except KeyError:
+        raise _Stale from None
+    if len(ids) != len(books):
+        raise _Stale
+    return ids
+
+
+class _Ids(Sequence[int]):
+    """The books in id order (the snapshot's own order), without a copy."""
+
+    def __init__(self, books: Mapping[int, Any], descending: bool) -> None:
+        self.books, self.descending = books, descending
+
+    def __len__(self) -> int:
+        return len(self.books)
+
+    def __iter__(self) -> Iterator[int]:
+        return reversed(self.books) if self.descending else iter(self.books)  # type: ignore[call-overload]
+
+    def __getitem__(self, item: Any) -> Any:
+        if isinstance(item, slice):
+            return list(itertools.islice(self, *item.indices(len(self))))
+        return next(itertools.islice(self, item, None))
+
+
+def _sort_ids(ids: Iterable[int], sort_by: str, books: Mapping[int, Mapping[str, Any]]) -> list[int]:
+    field, descending = sort_by.lstrip("-"), sort_by.startswith("-")
+    if field == "id":
+        return sorted(ids, reverse=descending)
+    return sorted(ids, key=lambda bid: _sort_key(books[bid], field, descending))
+
+
+# -- filter indexes ----------------------------------------------------------------------------------
+
+
+def _index_value(book: Mapping[str, Any], field: str) -> Any:
+    value = book.get(field)
+    return value if field == "publication_year" else fold(value)
+
+
+def _build_index(books: Mapping[int, Mapping[str, Any]], field: str) -> dict[Any, set[int]]:
+    found: dict[Any, set[int]] = {}
+    for bid, book in books.items():
+        found.setdefault(_index_value(book, field), set()).add(bid)
+    return found
+
+
+def _patch_index(base: dict[Any, set[int]], changes: list[tuple[int, Any, Any]], field: str) -> dict[Any, set[int]]:
+    found = dict(base)
+    copied: set[Any] = set()
+
+    def ids(value: Any) -> set[int]:
+        if value not in copied:
+            copied.add(value)
+            found[value] = set(found.get(value, ()))
+        return found[value]
+
+    for bid, before, after in changes:
+        if before is not None:
+            value = _index_value(before, field)
+            try:
+                ids(value).remove(bid)
+            except KeyError:
+                raise _Stale from None
+            if not found[value]:
+                del found[value]
+                copied.discard(value)
+        if after is not None:
+            ids(_index_value(after, field)).add(bid)
+    return found
+
+
+# -- the search index --------------------------------------------------------------------------------
+
+
+_ISBNISH = frozenset("0123456789x")
+_WORD_SHARDS = 128
+_GRAM_SHARDS = 64
+
+
+def _tokens(book: Mapping[str, Any]) -> set[str]:
+    """The whitespace-free pieces of a book's folded title and author and its ISBN: a query word
+    (which has no whitespace) is in one of those texts exactly when it is in one of its pieces."""
+    found = set(fold(book.get("title")).split(" "))
+    found.update(fold(book.get("author")).split(" "))
+    found.update((book.get("isbn") or "").lower().split(" "))
+    found.discard("")
+    return found
+
+
+def _contains(book: Mapping[str, Any], word: str) -> bool:
+    """The definition of a match: ``word`` is in the folded title, author or ISBN."""
+    return (
+        word in fold(book.get("title")) or word in fold(book.get("author")) or word in (book.get("isbn") or "").lower()
+    )
+
+
+def _isbnish_tokens(book: Mapping[str, Any]) -> list[str]:
+    """The pieces of :func:`_tokens` made of three or more digits or x, without folding the texts
+    that cannot hold one (casefolding makes digits and x only of digits, x and X)."""
+    found = [t for t in (book.get("isbn") or "").lower().split(" ") if _isbnish(t)]
+    for field in ("title", "author"):
+        text = book.get(field)
+        if text and any(c in text for c in _ISBNISH_RAW):
+            found.extend(t for t in fold(text).split(" ") if _isbnish(t))
+    return found
+
+
+_ISBNISH_RAW = "0123456789xX"
+
+
+def _isbnish(token: str) -> bool:
+    return len(token) >= 3 and _ISBNISH.issuperset(token)
+
+
+def _trigrams(text: str) -> set[str]:
+    return {text[i : i + 3] for i in range(len(text) - 2)}
+
+
+class SearchIndex:
+    """Where each query word can be found, kept up to date per change. Never changed once built:
+    :meth:`patched` copies only the shards a change touches.
+
+    - Words (every whitespace-free piece of the folded title and author that is not made of ISBN
+      characters only): ``postings`` maps each to the ids of its books, and ``grams`` each
+      trigram to the words that contain it, so a query word is looked up in the words that hold
+      all its trigrams (shorter query words: in every word).
+    - ISBNs (and other pieces of three or more digits or x): ``digits`` maps each trigram to a bit
+      set (an int) of the books whose ISBN-like pieces contain it; a candidate from the bits is
+      checked against the book itself.
+    """
+
+    __slots__ = ("postings", "grams", "digits")
+
+    def __init__(
+        self,
+        postings: list[dict[str, frozenset[int]]],
+        grams: list[dict[str, frozenset[str]]],
+        digits: dict[str, int] | None,
+    ) -> None:
+        self.postings, self.grams, self.digits = postings, grams, digits
+
+    def with_digits(self, books: Mapping[int, Mapping[str, Any]]) -> SearchIndex:
+        """This index with its ISBN part (built now if it has none)."""
+        if self.digits is not None:
+            return self
+        return SearchIndex(self.postings, self.grams, self.build_digits(books))
+
+    @classmethod
+    def build(cls, books: Mapping[int, Mapping[str, Any]]) -> SearchIndex:
+        words: dict[str, list[int]] = {}
+        for bid, book in books.items():
+            for token in _tokens(book):
+                if not _isbnish(token):
+                    words.setdefault(token, []).append(bid)
+        postings: list[dict[str, frozenset[int]]] = [{} for _ in range(_WORD_SHARDS)]
+        gram_words: dict[str, list[str]] = {}
+        for word, ids in words.items():
+            postings[hash(word) % _WORD_SHARDS][word] = frozenset(ids)
+            for gram in _trigrams(word):
+                gram_words.setdefault(gram, []).append(word)
+        del words
+        grams: list[dict[str, frozenset[str]]] = [{} for _ in range(_GRAM_SHARDS)]
+        for gram, found in gram_words.items():
+            grams[hash(gram) % _GRAM_SHARDS][gram] = frozenset(found)
+        return cls(postings, grams, None)
+
+    @staticmethod
+    def build_digits(books: Mapping[int, Mapping[str, Any]]) -> dict[str, int]:
+        """The ISBN part (built on the first query that could be in an ISBN): each trigram's bit set."""
+        size = (max(books) // 8 + 1) if books else 1
+        bits: dict[str, bytearray] = {}
+        for bid, book in books.items():
+            grams: set[str] = set()
+            for token in _isbnish_tokens(book):
+                grams.update(_trigrams(token))
+            byte, bit = bid >> 3, 1 << (bid & 7)
+            for gram in grams:
+                found = bits.get(gram)
+                if found is None:
+                    found = bits[gram] = bytearray(size)
+                found[byte] |= bit
+        return {gram: int.from_bytes(found, "little") for gram, found in bits.items()}
+
+    def patched(self, changes: list[tuple[int, Any, Any]]) -> SearchIndex:
+        postings, grams = list(self.postings), list(self.grams)
+        digits = dict(self.digits) if self.digits is not None else None
+        copied: set[tuple[str, int]] = set()
+
+        def shard(kind: str, table: list[dict[str, Any]], key: str, count: int) -> dict[str, Any]:
+            at = hash(key) % count
+            if (kind, at) not in copied:
+                copied.add((kind, at))
+                table[at] = dict(table[at])
+            return table[at]
+
+        for bid, before, after in changes:
+            old = _tokens(before) if before is not None else set()
+            new = _tokens(after) if after is not None else set()
+            for word in old - new:
+                if _isbnish(word):
+                    continue
+                words = shard("p", postings, word, _WORD_SHARDS)
+                ids = words.get(word)
+                if ids is None or bid not in ids:
+                    raise _Stale
+                if len(ids) > 1:
+                    words[word] = ids - {bid}
+                    continue
+                del words[word]
+                for gram in _trigrams(word):
+                    holders = shard("g", grams, gram, _GRAM_SHARDS)
+                    left = holders.get(gram, frozenset()) - {word}
+                    if left:
+                        holders[gram] = left
+                    else:
+                        holders.pop(gram, None)
+            for word in new - old:
+                if _isbnish(word):
+                    continue
+                words = shard("p", postings, word, _WORD_SHARDS)
+                ids = words.get(word)
+                if ids is None:
+                    words[word] = frozenset((bid,))
+                    for gram in _trigrams(word):
+                        holders = shard("g", grams, gram, _GRAM_SHARDS)
+                        holders[gram] = holders.get(gram, frozenset()) | {word}
+                else:
+                    words[word] = ids | {bid}
+            if digits is None:
+                continue
+            old_grams = {g for t in old if _isbnish(t) for g in _trigrams(t)}
+            new_grams = {g for t in new if _isbnish(t) for g in _trigrams(t)}
+            bit = 1 << bid
+            for gram in old_grams - new_grams:
+                bits = digits.get(gram, 0)
+                if not bits & bit:
+                    raise _Stale
+                bits &= ~bit
+                if bits:
+                    digits[gram] = bits
+                else:
+                    del digits[gram]
+            for gram in new_grams - old_grams:
+                digits[gram] = digits.get(gram, 0) | bit
+        return SearchIndex(postings, grams, digits)
+
+    def find(self, word: str, books: Mapping[int, Mapping[str, Any]]) -> set[int]:
+        """Ids of the books whose folded title, author or ISBN contains ``word`` (folded, not empty)."""
+        if any(c.isspace() for c in word):  # not from a query split on whitespace: check every book
+            return {bid for bid, book in books.items() if _contains(book, word)}
+        found: set[int] = set()
+        for token in self._words_containing(word):
+            found.update(self.postings[hash(token) % _WORD_SHARDS][token])
+        if _ISBNISH.issuperset(word):
+            if self.digits is None:
+                raise ValueError("the index has no ISBN part: see with_digits")
+            if len(word) <= 3:
+                bits = 0
+                for gram, gram_bits in self.digits.items():
+                    if word in gram:
+                        bits |= gram_bits
+                found.update(_bit_ids(bits))
+            else:
+                bits = -1
+                for gram in _trigrams(word):
+                    bits &= self.digits.get(gram, 0)
+                    if not bits:
+                        break
+                found.update(bid for bid in _bit_ids(bits) if bid in books and _contains(books[bid], word))
+        return found
+
+    def _words_containing(self, word: str) -> Iterable[str]:
+        if len(word) < 3:
+            return [token for words in self.postings for token in words if word in token]
+        sets = []
+        for gram in _trigrams(word):
+            holders = self.grams[hash(gram) % _GRAM_SHARDS].get(gram)
+            if not holders:
+                return ()
+            sets.append(holders)
+        sets.sort(key=len)
+        candidates = sets[0].intersection(*sets[1:]) if len(sets) > 1 else sets[0]
+        return candidates if len(word) == 3 else [token for token in candidates if word in token]
+
+
+def _bit_ids(bits: int) -> list[int]:
+    """The positions of the bits set in ``bits`` (a non-negative int)."""
+    if bits <= 0:
+        return []
+    text = bin(bits)[:1:-1]  # least significant bit first
+    found, at = [], text.find("1")
+    while at >= 0:
+        found.append(at)
+        at = text.find("1", at + 1)
+    return found
 
 
 def _search_word(word: str) -> str:
@@ -248,14 +819,9 @@ def _search_word(word: str) -> str:
     return word
 
 
-CATALOGUE_TABLES = ("books", "loans", "holds")
-
-
-def catalogue_version(snap: Snapshot) -> int:
-    return max(snap.tables[name].seq for name in CATALOGUE_TABLES if name in snap.tables)
-
-
 _ENCODED: dict[int, tuple[Any, tuple[str, str | None], bytes]] = {}
+_ENCODED_MAX = 4096
+"""Books kept encoded: enough for the pages being read; a whole catalogue's would be a second copy."""
 
 
 def etag_of(encoded: bytes) -> str:
@@ -289,24 +855,12 @@ class BookQuery:
 
 def list_books(view: CatalogueView, query: BookQuery) -> bytes:
     """The ``GET /books`` body for ``query``, as JSON bytes."""
-    order = view.order(query.sort_by)
     wanted, unwanted = _matching(view, query)
     start, end = (query.page - 1) * query.limit, query.page * query.limit
-    if wanted is None and not unwanted:
-        total = len(order)
-        page_ids = order[start:end]
-    elif wanted is None:
-        total = len(order) - len(unwanted)
-        page_ids = [bid for bid in order if bid not in unwanted][start:end]
-    else:
-        wanted = wanted - unwanted if unwanted else wanted
-        total = len(wanted)
-        if total <= start:
-            page_ids = []
-        elif total * 8 < len(order):  # few matches: sorting them beats walking the whole order
-            page_ids = sorted(wanted, key=view.rank(query.sort_by).__getitem__)[start:end]
-        else:
-            page_ids = [bid for bid in order if bid in wanted][start:end]
+    if wanted is not None and unwanted:
+        wanted, unwanted = wanted - unwanted, set()
+    total = len(view.books) - len(unwanted) if wanted is None else len(wanted)
+    page_ids = view.page(query.sort_by, start, end, wanted, unwanted) if total > start else []
     body = b",".join(view.encoded(bid) for bid in page_ids)
     pages = math.ceil(total / query.limit)
     tail = orjson.dumps({"total": total, "page": query.page, "limit": query.limit, "pages": pages})
@@ -535,10 +1089,22 @@ def with_index(store: Store, index: WriterIndex, updater: Any) -> Any:
 # -- events ----------------------------------------------------------------------------------------
 
 
-def describe(changes: list[Change], after: Snapshot) -> list[dict[str, Any] | None]:
+def describe(changes: list[Change], after: Snapshot, store: Store | None = None) -> list[dict[str, Any] | None]:
     """The public event for each change: a book created, updated or deleted. A change to a loan is
-    an update of its book. Only the last change of a transaction to one book carries its event."""
-    view = CatalogueView.of(after)
+    an update of its book. Only the last change of a transaction to one book carries its event.
+
+    Runs inside the commit, before the store lists these changes: a book's status is read from the
+    last view when the commit left loans and holds as that view has them, else from ``after``."""
+    books = after.tables["books"].records
+    last = last_view(store) if store is not None else None
+    if last is not None and all(last.tables[n] is after.tables.get(n) for n in ("loans", "holds")):
+        status = last.status
+    else:
+        txn = Txn(after)
+
+        def status(book_id: int) -> tuple[str, str | None]:
+            return status_in(txn, book_id)
+
     events: list[dict[str, Any] | None] = [None] * len(changes)
     last_for_book: dict[int, int] = {}
     for i, change in enumerate(changes):
@@ -546,17 +1112,17 @@ def describe(changes: list[Change], after: Snapshot) -> list[dict[str, Any] | No
             last_for_book[change.id] = i
         elif change.collection == "loans":
             for loan in (change.before, change.after):
-                if loan is not None and loan.get("book_id") in view.books:
+                if loan is not None and loan.get("book_id") in books:
                     last_for_book[loan["book_id"]] = i
         elif change.collection == "holds":  # a book kept for a member, or no longer
             for hold in (change.before, change.after):
-                if hold is not None and hold.get("status") == "ready" and hold.get("book_id") in view.books:
+                if hold is not None and hold.get("status") == "ready" and hold.get("book_id") in books:
                     last_for_book[hold["book_id"]] = i
     for book_id, i in last_for_book.items():
         change = changes[i]
-        if book_id in view.books:
+        if book_id in books:
             action = "created" if change.collection == "books" and change.before is None else "updated"
-            events[i] = {"action": action, "book": view.public(book_id)}
+            events[i] = {"action": action, "book": public_book(books[book_id], *status(book_id))}
         elif change.collection == "books" and change.before is not None:
             events[i] = {"action": "deleted", "book": public_book(change.before, "available", None)}
     return events

@@ -308,7 +308,8 @@ def writer_index() -> WriterIndex:
 
 
 def view() -> CatalogueView:
-    return CatalogueView.of(store().snapshot())
+    library_store = store()
+    return CatalogueView.of(library_store.snapshot(), library_store)
 
 
 def json_body() -> dict[str, Any]:
@@ -1094,8 +1095,8 @@ def send_catalogue(ws: Any) -> int:
     """Send the whole catalogue as one ``initial_load`` message; returns its seq."""
     current = view()
     books = b",".join(current.encoded(book_id) for book_id in current.books)
-    ws.send(f'{{"action":"initial_load","seq":{current.snap.seq},"books":[' + books.decode() + "]}")
-    return current.snap.seq
+    ws.send(f'{{"action":"initial_load","seq":{current.seq},"books":[' + books.decode() + "]}")
+    return current.seq
 
 
 def reserve_live_slot() -> None:
@@ -1120,7 +1121,7 @@ def healthz() -> Response:
     """Liveness, the data directory's current sequence number, and what refuses writes (503)."""
     current = view()
     health = store().health()
-    body = {"status": "ok" if health["writable"] else "degraded", "seq": current.snap.seq, "books": len(current.books)}
+    body = {"status": "ok" if health["writable"] else "degraded", "seq": current.seq, "books": len(current.books)}
     if not health["writable"]:
         body["problems"] = health["problems"]
         return json_response(orjson.dumps(body), status=503)
@@ -1447,16 +1448,23 @@ def open_store(app: Flask) -> JsonStore:
             rows = loader.read_rows(Path(seed_file))
             catalogue.seed(txn, [book_schema.load(_import_fields(fields)) for _, fields in rows])
 
-    return JsonStore(
+    opened: list[JsonStore] = []  # the store, once it is open: events read statuses from its last view
+
+    def describe(changes: list[Any], after: Any) -> list[dict[str, Any] | None]:
+        return catalogue.describe(changes, after, opened[0] if opened else None)
+
+    library_store = JsonStore(
         data_dir,
         COLLECTIONS,
-        describe=catalogue.describe,
+        describe=describe,
         initial=fill,
         validate=records.problem,
         lock_timeout=float(app.config["LOCK_TIMEOUT"]),
         journal_keep=int(app.config["JOURNAL_KEEP"]),
         checkpoint_changes=int(app.config["CHECKPOINT_CHANGES"]),
     )
+    opened.append(library_store)
+    return library_store
 
 
 def lending_rules(config: Any) -> circulation.Rules:
@@ -1550,7 +1558,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         )
     app.wsgi_app = readcache.ReadCache(  # type: ignore[method-assign]
         app.wsgi_app,
-        lambda: catalogue.catalogue_version(library_store.snapshot()),
+        lambda: CatalogueView.of(library_store.snapshot(), library_store).version,
         max_entries=10_000,
         max_bytes=int(float(app.config["READ_CACHE_MB"]) * 1024 * 1024),
     )
