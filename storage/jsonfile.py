@@ -390,20 +390,9 @@ class JsonStore(Store):
         lines.append(journal.encode_commit(seq, _now(), files or {}))
         payload = b"".join(lines)
         del lines
-        with self._state:
-            self._appending = True
-        try:
-            problem = self._append(payload)
-        except BaseException:
-            with self._state:
-                self._appending = False
-            raise
-        # Committed: from here on nothing may report the write as failed.
-        with self._state:
+
+        def publish() -> None:
             self._snap = new_snap
-            self._joffset += len(payload)
-            self._jline += len(numbered) + 1
-            self._appending = False
             self._remember_events([(s, e) for (s, _), e in zip(numbered, events, strict=True)])
             self._remember_changes(numbered)
             for name in by_name:
@@ -412,16 +401,9 @@ class JsonStore(Store):
                     state.dirty_since = old.seq + 1
             self._since_checkpoint += len(numbered)
             self._last_write = time.monotonic()
+
+        self._append_locked(payload, len(numbered) + 1, publish)
         self._write_head(seq)
-        if problem is not None:
-            # The journal was deleted or truncated while this write went on: this process holds
-            # every commit, this one included, and writes them into new checkpoints right away.
-            with self._state:
-                self._note_journal_problem(problem)
-                try:
-                    self._recover_journal(problem)
-                except (OSError, StorageError):
-                    log.exception("%s: could not be repaired yet; the next round tries again", self.journal_path)
 
     def _append(self, payload: bytes) -> str | None:
         """Append ``payload`` to the journal followed (checked by the caller) and fsync; undo it on
@@ -911,21 +893,37 @@ class JsonStore(Store):
         return tmp, (st.st_ino, st.st_size, st.st_mtime_ns, table.seq)
 
     def _append_checkpoint_line(self, line: bytes) -> None:
+        self._append_locked(line, 1)
+
+    def _append_locked(self, payload: bytes, lines: int, publish: Callable[[], None] | None = None) -> None:
+        """Append ``payload`` (``lines`` lines) to the journal, then make it current with
+        ``publish``; readers of this process do not read it meanwhile. Lock held.
+
+        :raises OSError: when it could not be written (nothing was committed).
+        """
         with self._state:
             self._appending = True
         try:
-            problem = self._append(line)
+            problem = self._append(payload)
         except BaseException:
             with self._state:
                 self._appending = False
             raise
+        # Committed: from here on nothing may report the write as failed.
         with self._state:
-            self._joffset += len(line)
-            self._jline += 1
+            self._joffset += len(payload)
+            self._jline += lines
             self._appending = False
+            if publish is not None:
+                publish()
             if problem is not None:
+                # The journal was deleted or truncated while this went on: this process holds
+                # every commit, this one included, and writes them into new checkpoints now.
                 self._note_journal_problem(problem)
-                self._recover_journal(problem)
+                try:
+                    self._recover_journal(problem)
+                except (OSError, StorageError):
+                    log.exception("%s: could not be repaired yet; the next round tries again", self.journal_path)
 
     # -- compaction ------------------------------------------------------------------------------
 
