@@ -39,18 +39,9 @@ from werkzeug.exceptions import (
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import BaseConverter
 
-import auth
-import catalogue
-import circulation
-import live
-import loader
-import members
-import operations
-import readcache
-import records
-import uploads
-from catalogue import BookQuery, CatalogueView, WriterIndex
-from schemas import (
+from library import auth, catalogue, circulation, live, loader, members, operations, readcache, records, uploads
+from library.catalogue import BookQuery, CatalogueView, WriterIndex
+from library.schemas import (
     BookListSchema,
     BookQuerySchema,
     BookSchema,

@@ -103,9 +103,8 @@ def build_data(directory: Path, size: int) -> None:
 
 
 def measure(size: int) -> dict[str, Any]:
-    import catalogue
-    import circulation
-    from catalogue import BookQuery, CatalogueView
+    from library import catalogue, circulation
+    from library.catalogue import BookQuery, CatalogueView
     from library_api import create_app
 
     tmp = tempfile.TemporaryDirectory(prefix="catalogue-bench-")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,13 +9,10 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from library import auth, members
+from library_api import create_app
 
-import auth  # noqa: E402
-import members  # noqa: E402
-from library_api import create_app  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 

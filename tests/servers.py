@@ -28,8 +28,7 @@ librarian: dict[int, dict[str, str]] = {}
 def sign_in(data_dir: Path, role: str = "member", count: int = 1) -> list[dict[str, str]]:
     """Put ``count`` members with ``role`` into the data directory (another process writing it,
     as any worker does) and return the headers of requests signed in as each of them."""
-    import auth
-    import members
+    from library import auth, members
     from library_api import COLLECTIONS
     from storage import JsonStore
 

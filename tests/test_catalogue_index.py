@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import catalogue
-from catalogue import BookQuery, CatalogueView, catalogue_version, fold
+from library import catalogue
+from library.catalogue import BookQuery, CatalogueView, catalogue_version, fold
 from library_api import COLLECTIONS
 from storage import JsonStore
 

@@ -18,7 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-import catalogue
+from library import catalogue
 from library_api import COLLECTIONS
 from storage import JsonStore
 from tests.conftest import BOOK, TEST_SECRET, assert_problem, client_as

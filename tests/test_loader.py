@@ -10,7 +10,7 @@ from typing import Any
 import click
 import pytest
 
-import loader
+from library import loader
 from tests.conftest import ROOT
 
 DUNE = {

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from websockets.sync.client import connect
 
-import auth
+from library import auth
 from library_api import create_app
 from tests.conftest import BOOK, TEST_SECRET, Clock, add_member, assert_problem, client_as, token_for
 from tests.servers import gunicorn_server, librarian

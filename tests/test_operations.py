@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-import operations
+from library import operations
 from library_api import COLLECTIONS, create_app
 from storage import JsonStore
 from tests.conftest import ROOT, TEST_SECRET, client_as

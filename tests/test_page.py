@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
-import catalogue
+from library import catalogue
 from library_api import COLLECTIONS
 from storage import JsonStore
 from tests.browsers import CHROMIUM, call, launched, missing_requirements, new_tab

@@ -293,7 +293,7 @@ def test_openapi_describes_the_uploads(anon):
 
 
 def test_a_temporary_file_still_being_written_survives_a_start_up(client, data_dir):
-    import uploads
+    from library import uploads
 
     live = uploads.spool(data_dir)  # an upload in progress in another worker holds its file locked
     (data_dir / "uploads" / ".left-by-a-crash.tmp").write_bytes(b"x")

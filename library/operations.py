@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-import uploads
+from library import uploads
 from storage import JsonStore, journal
 from storage.journal import fsync_dir
 

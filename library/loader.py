@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from catalogue import normalize_isbn
+from library.catalogue import normalize_isbn
 from storage.jsonfile import item_lines
 
 Row = tuple[int, dict[str, Any]]

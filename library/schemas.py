@@ -12,9 +12,9 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates
 
-from catalogue import SORT_FIELDS, STATUSES, normalize_isbn
-from members import ROLES
-from members import SORT_FIELDS as MEMBER_SORT_FIELDS
+from library.catalogue import SORT_FIELDS, STATUSES, normalize_isbn
+from library.members import ROLES
+from library.members import SORT_FIELDS as MEMBER_SORT_FIELDS
 
 TEXT_MAX = 500
 PAGE_RANGE = validate.Range(min=1, max=2**31 - 1, error="Must be between 1 and {max}.")
