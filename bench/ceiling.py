@@ -36,7 +36,9 @@ def load(directory: Path) -> dict[str, Answer]:
     answers = {"/healthz": fixed("200 OK", [("Content-Type", "application/json")], b'{"ok": true}')}
     for body_file in sorted(directory.glob("*.body")):
         meta = json.loads(body_file.with_suffix(".json").read_text(encoding="utf-8"))
-        answers["/" + body_file.stem] = fixed(meta["status"], [tuple(h) for h in meta["headers"]], body_file.read_bytes())
+        answers["/" + body_file.stem] = fixed(
+            meta["status"], [tuple(h) for h in meta["headers"]], body_file.read_bytes()
+        )
     return answers
 
 

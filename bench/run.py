@@ -629,7 +629,9 @@ def capture_answers(server: Server, scenarios: list[Scenario], facts: Facts, fol
         except urllib.error.HTTPError as exc:
             status, reason, headers, body = exc.code, exc.reason, list(exc.headers.items()), exc.read()
         except OSError as exc:
-            raise ServerError(f"capturing the answer to {scenario.sample(facts)}: {exc!r}\n{server.log_tail()}") from None
+            raise ServerError(
+                f"capturing the answer to {scenario.sample(facts)}: {exc!r}\n{server.log_tail()}"
+            ) from None
         (folder / f"{slug(scenario.name)}.body").write_bytes(body)
         meta = {"status": f"{status} {reason}", "headers": headers, "request": scenario.sample(facts)}
         (folder / f"{slug(scenario.name)}.json").write_text(json.dumps(meta), encoding="utf-8")
@@ -1041,7 +1043,7 @@ def json_server_request(scenario: Scenario, script: str, script_args: list[str])
     if script == "create.lua":
         return "POST /books (the same bodies as ours)"
     if script == "update.lua":
-        return "PATCH /books/<random id> {\"genre\": …}"
+        return 'PATCH /books/<random id> {"genre": …}'
     return f"GET {unquote(script_args[0])}"
 
 
@@ -1050,7 +1052,11 @@ def scenario_warnings(rows: list[dict[str, Any]]) -> list[str]:
     taken by other processes or the hypervisor."""
     warnings = []
     for row in rows:
-        for label, measured in (("", row), (" (ceiling)", row.get("ceiling")), (" (json-server)", row.get("json-server"))):
+        for label, measured in (
+            ("", row),
+            (" (ceiling)", row.get("ceiling")),
+            (" (json-server)", row.get("json-server")),
+        ):
             if measured and (measured["non_2xx"] or measured["socket_errors"]):
                 warnings.append(
                     f"{row['scenario']}{label}: {measured['non_2xx']} non-2xx answer(s), "
@@ -1106,7 +1112,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"all workers ready at {result['all_workers_ready_s']:.2f} s.",
         "",
         f"- **RSS after the read scenarios:** our workers {memory['ours_mb']:.1f} MB ({per_worker})"
-        + (f"; {', '.join(others)}" if others else "") + ".",
+        + (f"; {', '.join(others)}" if others else "")
+        + ".",
         f"- **load-books peak:** {load['max_rss_mb']} MB max RSS, {load['seconds']:.1f} s "
         f"(`flask load-books` of the {result['size']:,} books into an empty data directory: {load['report']}).",
         f"- genre: {facts['genre']!r} ({facts['genre_matches']} books); genre+author: {facts['genre']!r} + "
@@ -1120,8 +1127,12 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     once = [f"{row['scenario']} ({', '.join(row['once'])})" for row in result["scenarios"] if row.get("once")]
     if once:
-        lines += ["", f"Measured in one run only (fewer than {SLOW_RUN_REQUESTS} requests completed in the first): "
-                  + ", ".join(once) + "."]
+        lines += [
+            "",
+            f"Measured in one run only (fewer than {SLOW_RUN_REQUESTS} requests completed in the first): "
+            + ", ".join(once)
+            + ".",
+        ]
     asked = [(row["scenario"], row.get("json_server_request")) for row in result["scenarios"] if row.get("json-server")]
     if asked:
         lines += ["", "json-server was asked (1.0 query syntax; it never fsyncs its writes):", ""]
@@ -1196,10 +1207,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated subset of: " + ", ".join(s.name for s in SCENARIOS),
     )
     parser.add_argument("--workers", type=int, help="gunicorn workers (WEB_CONCURRENCY; default: gunicorn.conf.py's)")
-    parser.add_argument("--no-json-server", dest="json_server", action="store_false",
-                        help="leave json-server out (no Node.js needed)")
-    parser.add_argument("--no-ceiling", dest="ceiling", action="store_false",
-                        help="leave the ceiling (bench/ceiling.py under the same gunicorn config) out")
+    parser.add_argument(
+        "--no-json-server", dest="json_server", action="store_false", help="leave json-server out (no Node.js needed)"
+    )
+    parser.add_argument(
+        "--no-ceiling",
+        dest="ceiling",
+        action="store_false",
+        help="leave the ceiling (bench/ceiling.py under the same gunicorn config) out",
+    )
     return parser.parse_args(argv)  # fmt: skip
 
 
@@ -1250,7 +1266,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for size in args.sizes:
         try:
-            result = bench_size(size, args.scenarios, args, wrk, RESULTS_DIR / f"{stamp}-{size}-server.log", json_server)
+            result = bench_size(
+                size, args.scenarios, args, wrk, RESULTS_DIR / f"{stamp}-{size}-server.log", json_server
+            )
         except (ServerError, WrkError) as exc:
             failed = True
             result = {"size": size, "error": str(exc)}
