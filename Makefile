@@ -17,7 +17,7 @@ test:
 	$(PY) -m pytest
 
 bench: ## needs wrk (apt install wrk)
-	$(PY) bench/run.py --sizes 1000,10000,100000
+	$(PY) bench/run.py --sizes 10000,100000
 
 lint:
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
