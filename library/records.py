@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+COLLECTIONS = ("books", "members", "loans", "holds", "payments", "logins")
+"""One JSON file each in the data directory."""
+
 TEXT = (str,)
 OPTIONAL_TEXT = (str, type(None))
 WHOLE = (int,)

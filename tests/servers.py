@@ -29,7 +29,7 @@ def sign_in(data_dir: Path, role: str = "member", count: int = 1) -> list[dict[s
     """Put ``count`` members with ``role`` into the data directory (another process writing it,
     as any worker does) and return the headers of requests signed in as each of them."""
     from library import auth, members
-    from library_api import COLLECTIONS
+    from library.records import COLLECTIONS
     from storage import JsonStore
 
     store = JsonStore(data_dir, COLLECTIONS)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from library import catalogue
 from library.catalogue import BookQuery, CatalogueView, catalogue_version, fold
-from library_api import COLLECTIONS
+from library.records import COLLECTIONS
 from storage import JsonStore
 
 WORDS = ["the", "O'Brien", "2nd-hand", "Straße", "STRASSE", "night", "Knight", "light", "Ada", "ada", "x", "", "  "]

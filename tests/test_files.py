@@ -207,7 +207,7 @@ def test_readers_answer_while_another_process_holds_the_lock(tmp_path):
         add_book(port, "First")
         _, first = get_json(port, "/changes?since=0")
         # Another process commits, so that every worker has something to catch up with...
-        from library_api import COLLECTIONS
+        from library.records import COLLECTIONS
         from storage import JsonStore
 
         writer = JsonStore(data, COLLECTIONS)

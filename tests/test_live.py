@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from library import catalogue
-from library_api import COLLECTIONS
+from library.records import COLLECTIONS
 from storage import JsonStore
 from tests.conftest import BOOK, TEST_SECRET, assert_problem, client_as
 from tests.servers import get_json, gunicorn_server, librarian, running

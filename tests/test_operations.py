@@ -19,7 +19,8 @@ import orjson
 import pytest
 
 from library import operations
-from library_api import COLLECTIONS, create_app
+from library.records import COLLECTIONS
+from library_api import create_app
 from storage import JsonStore
 from tests.conftest import ROOT, TEST_SECRET, client_as
 from tests.servers import SECRET, gunicorn_server, librarian

@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
 from library import catalogue
-from library_api import COLLECTIONS
+from library.records import COLLECTIONS
 from storage import JsonStore
 from tests.browsers import CHROMIUM, call, launched, missing_requirements, new_tab
 from tests.servers import ROOT, gunicorn_server, librarian

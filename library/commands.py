@@ -1,0 +1,168 @@
+"""The ``flask --app library_api`` commands: load-books, create-admin, overdue, export, backup, restore."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+import orjson
+from flask import current_app
+from flask.cli import with_appcontext
+from marshmallow import ValidationError
+
+from library import auth, circulation, loader, members, operations
+from library.context import (
+    data_dir,
+    now,
+    rules,
+    stamp,
+    store,
+    view,
+)
+from library.importer import _reason, import_rows
+from library.records import COLLECTIONS
+from library.schemas import (
+    RegisterSchema,
+)
+
+log = logging.getLogger("library_api")
+
+
+@click.command("load-books")
+@with_appcontext
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+def load_books_command(path: Path, dry_run: bool) -> None:
+    """Import books from a JSON or CSV file, or a Goodreads CSV or LibraryThing TSV export (the
+    format told from the file's content), upserting by ISBN, then title+author+year."""
+    try:
+        book_file = loader.read_file(path)
+    except loader.UnreadableFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    rows = book_file.rows
+    if loader.wants_progress(len(rows), sys.stderr):
+        label = f"{'Checking' if dry_run else 'Importing'} {path.name}"
+        with click.progressbar(length=len(rows), label=label, file=sys.stderr) as bar:
+            report = import_rows(rows, dry_run, progress=bar.update)
+    else:
+        report = import_rows(rows, dry_run)
+    for line, reason in report["skipped"]:
+        click.echo(f"line {line}: skipped: {reason}")
+    prefix = "dry run: would have " if dry_run else ""
+    click.echo(
+        f"{prefix}created {report['created']}, updated {report['updated']}, "
+        f"unchanged {report['unchanged']}, skipped {len(report['skipped'])} "
+        f"(of {len(rows)} rows in {path.name}, read as {book_file.format_name})"
+    )
+
+
+@click.command("create-admin")
+@with_appcontext
+@click.argument("email")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="Asked for when left out.")
+@click.option("--first-name", default=None, help="For a new admin; default: the email's local part.")
+@click.option("--last-name", default="Admin", show_default=True, help="For a new admin.")
+def create_admin_command(email: str, password: str, first_name: str | None, last_name: str) -> None:
+    """Make EMAIL an admin who signs in with PASSWORD (a new member, or an existing one promoted)."""
+    try:
+        data = RegisterSchema(only=("email", "password")).load({"email": email, "password": password})
+    except ValidationError as exc:
+        raise click.ClickException(_reason(exc.messages)) from None
+    password_hash = auth.hash_password(data["password"])
+    names = {"first_name": first_name or data["email"].split("@")[0], "last_name": last_name}
+    moment = utc_stamp()
+    member, created = store().update(lambda txn: members.make_admin(txn, data["email"], password_hash, moment, names))
+    what = "created admin" if created else "made an admin (with the new password):"
+    click.echo(f"{what} {member['email']} (member {member['id']})")
+
+
+@click.command("overdue")
+@with_appcontext
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def overdue_command(as_json: bool) -> None:
+    """Report the loans past their due date: who, which book, how late, the fine so far."""
+    report = circulation.overdue(store().snapshot(), now(), rules())
+    if as_json:
+        click.echo(orjson.dumps({"overdue": report}, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not report:
+        click.echo("No loan is overdue.")
+        return
+    headers = ("Loan", "Member", "Email", "Book", "Due", "Days late", "Fine")
+    rows = [
+        (
+            str(r["loan_id"]),
+            r["member"],
+            r["email"] or "",
+            _clip(r["title"] or f"book {r['book_id']}", 40),
+            r["due_at"][:10],
+            str(r["days_late"]),
+            f"{r['fine']:.2f}",
+        )
+        for r in report
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    right = {0, 5, 6}
+    for row in (headers, *rows):
+        click.echo(
+            "  ".join(
+                c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
+    total = sum(r["fine"] for r in report)
+    click.echo(f"{len(report)} overdue loan{'s' if len(report) > 1 else ''}, fines so far {total:.2f}")
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def utc_stamp() -> str:
+    return stamp(datetime.now(UTC))
+
+
+@click.command("export")
+@with_appcontext
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="json", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="A file instead of stdout.")
+def export_command(fmt: str, output: Path | None) -> None:
+    """Write the catalogue as CSV or JSON; load-books reads either back unchanged."""
+    current = view()
+    data = operations.export_books((current.public(book_id) for book_id in current.books), fmt)
+    if output is None:
+        click.echo(data.decode(), nl=False)
+    else:
+        output.write_bytes(data)
+        click.echo(f"exported {len(current.books)} books to {output}", err=True)
+
+
+@click.command("backup")
+@with_appcontext
+@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def backup_command(path: Path | None) -> None:
+    """Write one consistent archive of the data directory (safe while the server runs)."""
+    target = path or Path(f"library-backup-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.tar.gz")
+    report = operations.backup(store(), target)
+    click.echo(f"backed up {report.files} files at seq {report.seq} to {report.path} ({report.size} bytes)")
+
+
+@click.command("restore")
+@with_appcontext
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace the data already there (it is kept aside, not deleted).")
+def restore_command(path: Path, force: bool) -> None:
+    """Put a backup back into the data directory, after checking it whole."""
+    directory = data_dir()
+    if current_app.extensions.get("library_was_empty"):
+        force = True  # only what this command's own start-up wrote is there
+    store().close()  # this command's own view of the directory must not outlive the swap
+    try:
+        aside = operations.restore(path, directory, COLLECTIONS, force)
+    except operations.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"restored {path} into {directory}")
+    if aside is not None:
+        click.echo(f"the data it replaced is kept in {aside}")

@@ -1,0 +1,75 @@
+"""What every part of the app needs from the current app: its store, its writer index, its one
+clock, its lending rules, and the one way to write books. No request is read here, so updaters
+built from these values can run on any thread."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flask import current_app
+
+from library import catalogue, circulation, members
+from library.catalogue import CatalogueView, WriterIndex
+from storage import (
+    JsonStore,
+)
+
+log = logging.getLogger("library_api")
+
+
+MAX_JSON_BYTES = 1024 * 1024
+
+
+UPLOAD_OVERHEAD = 64 * 1024
+"""Room for the multipart framing around an upload of the largest allowed size."""
+
+
+def store() -> JsonStore:
+    return current_app.extensions["library_store"]
+
+
+def writer_index() -> WriterIndex:
+    return current_app.extensions["library_writer_index"]
+
+
+def view() -> CatalogueView:
+    library_store = store()
+    return CatalogueView.of(library_store.snapshot(), library_store)
+
+
+def write_books(updater: Callable[..., Any], actor: dict[str, Any] | None = None) -> Any:
+    """Run a catalogue write in one transaction, with the writer's index up to date; ``actor``
+    must still be a librarian (or admin) as the transaction sees them."""
+
+    # Group commit may run this updater on another request's thread (or the housekeeper's): it
+    # must not touch the request or the app context, only what was captured here.
+    def run(txn: Any) -> Any:
+        if actor is not None:
+            current = members.actor_in(txn, actor["id"])
+            if current.get("token_version", 0) != actor.get("token_version", 0):
+                raise members.PermissionDenied("Your role changed; sign in again")
+        return updater(txn)
+
+    return catalogue.with_index(store(), writer_index(), run)
+
+
+def now() -> datetime:
+    """The current time; tests set ``CLOCK`` in the config to control it."""
+    clock = current_app.config.get("CLOCK")
+    return clock() if clock is not None else datetime.now(UTC)
+
+
+def stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def data_dir() -> Path:
+    return Path(store().directory)
+
+
+def rules() -> circulation.Rules:
+    return current_app.extensions["library_rules"]

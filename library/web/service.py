@@ -1,0 +1,57 @@
+"""The service's own routes: health, the OpenAPI document, its reader and the page."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import orjson
+from flask import Blueprint, Response, current_app, send_from_directory
+
+from library.context import (
+    store,
+    view,
+)
+from library.schemas import (
+    HealthSchema,
+)
+from library.web.http import documented, json_response
+from library.web.openapi import openapi_spec
+
+bp = Blueprint("service", __name__)
+
+
+log = logging.getLogger("library_api")
+STATIC = Path(__file__).resolve().parents[2] / "static"
+"""The page and the OpenAPI reader: ``static/`` beside the entry point."""
+
+
+@bp.get("/healthz")
+@documented(response=HealthSchema)
+def healthz() -> Response:
+    """Liveness, the data directory's current sequence number, and what refuses writes (503)."""
+    current = view()
+    health = store().health()
+    body = {"status": "ok" if health["writable"] else "degraded", "seq": current.seq, "books": len(current.books)}
+    if not health["writable"]:
+        body["problems"] = health["problems"]
+        return json_response(orjson.dumps(body), status=503)
+    return json_response(orjson.dumps(body))
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
+    """This API, described from its schemas."""
+    return json_response(openapi_spec(current_app))
+
+
+@bp.get("/docs")
+def docs() -> Response:
+    """A page to read the OpenAPI document."""
+    return send_from_directory(STATIC, "docs.html")
+
+
+@bp.get("/")
+def index() -> Response:
+    """The catalogue page."""
+    return send_from_directory(STATIC, "index.html")
