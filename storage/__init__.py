@@ -6,6 +6,7 @@ interface described in :mod:`storage.base`.
 
 from storage.base import Change, Snapshot, Store, Txn
 from storage.errors import (
+    CommitUnknownError,
     ConflictError,
     CorruptFileError,
     JournalTruncatedError,
@@ -18,6 +19,7 @@ from storage.errors import (
 from storage.jsonfile import JsonStore
 
 __all__ = [
+    "CommitUnknownError",
     "Change",
     "ConflictError",
     "CorruptFileError",

@@ -54,3 +54,8 @@ class CorruptFileError(StorageError):
 class StoreUnavailableError(StorageError):
     """Writes are refused for now: a data file is missing or invalid, or the journal is being
     repaired (HTTP 503). The message names the file and what to do."""
+
+
+class CommitUnknownError(StorageError):
+    """A change was written but the disk reported an error while syncing it: whether it was kept
+    is unknown, and the process takes no more writes (HTTP 503; never reported as "not saved")."""

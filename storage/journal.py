@@ -2,7 +2,7 @@
 
 Layout, one JSON object per line::
 
-    {"journal": 1, "floor": 0}                                   header: every change after seq 0 is below
+    {"journal": 1, "floor": 0, "lineage": "5f0c…"}               header: every change after seq 0 is below
     {"seq": 7, "op": "put", "collection": "books", "id": 3, "record": {...}, "event": {...}}
     {"seq": 8, "op": "delete", "collection": "books", "id": 4, "event": {...}}
     {"commit": 8, "at": "2026-01-01T00:00:00Z", "files": {"books": [inode, size, mtime_ns]}}
@@ -47,6 +47,7 @@ class ParsedJournal:
 
     floor: int | None
     commits: list[Commit] = field(default_factory=list)
+    lineage: str = ""  # the same through compactions; new each time the journal starts again
     consumed: int = 0
     lines: int = 0
 
@@ -60,8 +61,15 @@ def stat_of(path: Path) -> FileStat | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def encode_header(floor: int) -> bytes:
-    return orjson.dumps({"journal": FORMAT, "floor": floor}) + b"\n"
+def encode_header(floor: int, lineage: str | None = None) -> bytes:
+    """The first line: the seq every later change follows, and the journal's lineage (kept by a
+    compaction, new when the journal starts again, so that a process can tell a compacted journal
+    it may follow from a restarted one whose seqs may mean other changes)."""
+    return orjson.dumps({"journal": FORMAT, "floor": floor, "lineage": lineage or new_lineage()}) + b"\n"
+
+
+def new_lineage() -> str:
+    return os.urandom(8).hex()
 
 
 def encode_change(seq: int, collection: str, record_id: int, record: Any, event: Any) -> bytes:
@@ -110,6 +118,7 @@ def parse(data: bytes, path: Path, first_line: int, at_start: bool) -> ParsedJou
             if entry.get("journal") != FORMAT or not isinstance(entry.get("floor"), int):
                 raise CorruptFileError(path, line_no, None, "the journal does not start with its header")
             result.floor = entry["floor"]
+            result.lineage = str(entry.get("lineage", ""))
             result.consumed, result.lines = offset, line_no - first_line + 1
             continue
         if "commit" in entry:

@@ -43,6 +43,7 @@ from filelock import FileLock, Timeout
 from storage import journal
 from storage.base import Change, Describe, Record, Records, Snapshot, Store, Table, Txn
 from storage.errors import (
+    CommitUnknownError,
     CorruptFileError,
     JournalTruncatedError,
     LockTimeoutError,
@@ -157,6 +158,8 @@ class JsonStore(Store):
         self._health = _Health()
         self._files = {name: _File() for name in self.collections}
         self._jfd = -1
+        self._poisoned: str | None = None
+        self._lineage = ""
         self._closed = False
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
@@ -167,6 +170,19 @@ class JsonStore(Store):
             self._open_locked(initial)
         ref = weakref.ref(self)
         atexit.register(lambda: (store := ref()) is not None and store.close())
+        os.register_at_fork(after_in_child=lambda: (store := ref()) is not None and store._after_fork())
+
+    def _after_fork(self) -> None:
+        """In a child process (gunicorn --preload): locks and threads are not inherited as they
+        were, so take fresh ones; the journal's file descriptor stays valid."""
+        self._commit_mutex = threading.RLock()
+        self._state = threading.RLock()
+        self._queue_lock = threading.Lock()
+        self._queue = []
+        self._appending = False
+        self._worker = None
+        self._stop = threading.Event()
+        self._filelock = FileLock(self.directory / LOCK_NAME, thread_local=False)
 
     # -- the contract ----------------------------------------------------------------------------
 
@@ -272,7 +288,9 @@ class JsonStore(Store):
         """What stands in the way of writes: ``{"writable": bool, "problems": [...]}``, where each
         problem names the file and what is wrong with it."""
         problems = []
-        if self._health.journal_problem:
+        if self._poisoned is not None:
+            problems.append({"file": str(self.journal_path), "problem": self._poisoned})
+        elif self._health.journal_problem:
             problems.append({"file": str(self.journal_path), "problem": self._health.journal_problem})
         for name, state in self._files.items():
             if state.problem:
@@ -411,16 +429,31 @@ class JsonStore(Store):
 
         :raises OSError: when it could not be written and synced (nothing was committed).
         """
+        if self._poisoned is not None:
+            raise StoreUnavailableError(self._poisoned)
         start = self._joffset
         try:
             view = memoryview(payload)
             while view:
                 view = view[os.write(self._jfd, view) :]
-            os.fsync(self._jfd)
         except BaseException:
+            # Not all of it was written, so no commit line: nobody can have taken it in.
             with suppress(OSError):
                 os.ftruncate(self._jfd, start)
             raise
+        try:
+            os.fsync(self._jfd)
+        except OSError as exc:
+            # Written but not known to be on disk; another process may already have read it.
+            # Its outcome is unknown, so this process neither undoes it nor commits again
+            # (a restarted process replays whatever the disk kept).
+            self._poisoned = (
+                f"The disk reported an error while saving a change ({exc.strerror}); whether it was kept is "
+                "unknown. This worker takes no more writes: restart the server (it replays what the disk kept)"
+            )
+            self._health.journal_problem = f"fsync failed ({exc.strerror})"
+            log.critical("%s: %s", self.journal_path, self._poisoned)
+            raise CommitUnknownError(self._poisoned) from exc
         st = os.fstat(self._jfd)
         if st.st_nlink == 0 or stat_of(self.journal_path) is None:
             return "deleted"
@@ -489,6 +522,7 @@ class JsonStore(Store):
     def _follow_new_journal(self, st: os.stat_result, locked: bool) -> str | None:
         """Another file is at the journal's path: a compaction or recovery by another process
         (follow it), or something a person put there (a problem)."""
+        head = self._read_head()  # before the bytes: the hint is written after each append
         try:
             fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND)
         except FileNotFoundError:
@@ -503,14 +537,16 @@ class JsonStore(Store):
             os.close(fd)
             return "replaced by a file that is not a journal"
         last = max([parsed.floor, *(c.seq for c in parsed.commits)])
-        if parsed.floor > self._snap.seq:
-            # Restarted by another process past what this one knows: reload from the checkpoints.
+        if parsed.lineage != self._lineage or parsed.floor > self._snap.seq:
+            # Started again by another process (a repair, a restore): its seqs are not this
+            # process's history, so it reloads from the checkpoints that journal starts from.
             os.close(fd)
             if not locked:
                 return RELOAD
+            log.warning("%s started again in another process; reloading from the collection files", self.journal_path)
             self._open_state(False)
             return None
-        if last < max(self._snap.seq, self._read_head()):
+        if last < max(self._snap.seq, head):
             os.close(fd)
             return "replaced by an older journal"
         self._health.judged = None
@@ -525,6 +561,7 @@ class JsonStore(Store):
         take its events as the feed."""
         floor = parsed.floor or 0
         self._reset_events(floor)
+        self._lineage = parsed.lineage
         for commit in parsed.commits:
             if commit.seq > self._snap.seq and commit.lines:
                 self._apply_commit(commit)
@@ -713,6 +750,13 @@ class JsonStore(Store):
                 if state.problem:
                     log.warning("%s is back as it was; writes to it resume", path)
                 state.problem, state.error, state.seen = None, None, None
+                if state.previous is not None and not _same(now, state.expected) and _same(now, state.previous):
+                    # The last checkpoint was recorded but its rename never happened (its writer
+                    # died): the file holds less than the journal says, so it is behind again.
+                    log.warning("%s: the last checkpoint was not put in place; it is written again", path)
+                    state.expected, state.previous = state.previous, None
+                    if state.expected[3] < self._snap.tables[name].seq:
+                        state.dirty_since = state.expected[3] + 1
                 continue
             if now is None:
                 if state.problem != "missing":
@@ -936,15 +980,22 @@ class JsonStore(Store):
         if not self._compaction_due():
             return
         floor = self._line_seqs[-self._journal_keep - 1]
-        for state in self._files.values():
+        for name, state in self._files.items():
             if state.dirty_since is not None:
                 floor = min(floor, state.dirty_since - 1)
+            # Never past what the file actually on disk holds, whatever the journal recorded.
+            now = stat_of(self._paths[name])
+            held = next((c[3] for c in (state.expected, state.previous) if _same(now, c)), None)
+            if held is None and state.expected is not None:
+                held = min(state.expected[3], state.previous[3] if state.previous else state.expected[3])
+            if held is not None and held < self._snap.tables[name].seq:
+                floor = min(floor, held)
         if floor <= self._floor:
             return
         data = _read_from(self._jfd, 0)[: self._joffset]
         parsed = journal.parse(data, self.journal_path, 1, at_start=True)
         del data
-        chunks = [journal.encode_header(floor)]
+        chunks = [journal.encode_header(floor, self._lineage)]
         for commit in parsed.commits:
             kept = [line for line in commit.lines if line["seq"] > floor]
             if kept:
@@ -1113,6 +1164,7 @@ class JsonStore(Store):
         data = _read_all(fd)
         parsed = journal.parse(data, self.journal_path, 1, at_start=True)
         self._reset_events(parsed.floor or 0)
+        self._lineage = parsed.lineage
         for commit in parsed.commits:
             self._remember_events([(ln["seq"], ln.get("event")) for ln in commit.lines])
         st = os.fstat(fd)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -218,11 +219,16 @@ def test_readers_answer_while_another_process_holds_the_lock(tmp_path):
             [sys.executable, "-c", HOLD_LOCK, str(data / "library.lock"), "2"], cwd=ROOT, stdout=subprocess.PIPE
         ) as holder:
             assert holder.stdout.readline() == b"held\n"
+            took = []
             for path in ("/books", "/books/2", f"/changes?since={first['last_seq']}", "/healthz", "/books?q=sec"):
                 for _ in range(3):
                     started = time.monotonic()
                     status, body = get_json(port, path)
-                    assert time.monotonic() - started < 0.1, path
-                    assert status == 200
+                    took.append(time.monotonic() - started)
+                    assert status == 200, path
+            # A read that waited for the lock would take its 2 s; on a busy machine a read may
+            # take a scheduler's slice longer than usual, so the bound is on the median.
+            assert max(took) < 1.0
+            assert statistics.median(took) < 0.1
             assert titles_of(port) == {"First", "Second"}
             assert holder.poll() is None, "the lock was let go before the reads were done"

@@ -10,7 +10,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from storage import CorruptFileError, JournalTruncatedError, JsonStore, NotFoundError, StoreUnavailableError
+from storage import (
+    CommitUnknownError,
+    CorruptFileError,
+    JournalTruncatedError,
+    JsonStore,
+    NotFoundError,
+    StoreUnavailableError,
+)
 
 COLLECTIONS = ("books", "members")
 
@@ -542,3 +549,69 @@ def test_a_failure_after_the_commit_point_does_not_fail_the_write(tmp_path):
     (tmp_path / ".journal.head").mkdir()  # the hint beside the journal cannot be written any more
     assert add(store, "a")["id"] == 1
     assert titles(open_store(tmp_path)) == ["a"]
+
+
+def test_a_checkpoint_recorded_but_never_renamed_is_written_again_before_compaction(tmp_path):
+    """Its writer died between recording the checkpoint and renaming it into place: another
+    process must not take the old file for the new one and compact away what it lacks."""
+    a = open_store(tmp_path, journal_keep=2)
+    add(a, "old")
+    checkpoint(a)
+    path = tmp_path / "books.json"
+    os.link(path, tmp_path / "before")
+    add(a, "ACKED")
+    checkpoint(a)
+    os.replace(tmp_path / "before", path)  # the rename that never happened
+    b = open_store(tmp_path, journal_keep=2)
+    for i in range(20):  # other collections move on, and the journal is compacted
+        b.update(lambda txn, i=i: txn.insert("members", {"email": f"m{i}@example.org"}))
+    checkpoint(b)
+    assert titles(open_store(tmp_path)) == ["old", "ACKED"]
+
+
+def test_a_process_that_missed_a_repair_reloads_instead_of_following_the_new_journal(tmp_path):
+    a, b = open_store(tmp_path), open_store(tmp_path)
+    add(a, "base")
+    b.snapshot()
+    add(b, "only b knew this")  # then the journal is cut before a reads it...
+    os.truncate(tmp_path / "journal.jsonl", 0)
+    (tmp_path / ".journal.head").unlink()  # ...and a cannot tell that it lacks a change
+    a.maintain()  # a repairs from what it holds: a new journal, a new lineage
+    acked = add(a, "acknowledged by a")
+    assert acked["id"] == 2
+    b.maintain()  # b must not take the new journal's seq 2 for its own
+    assert titles(b) == titles(a) == ["base", "acknowledged by a"]
+    checkpoint(b)
+    assert titles(open_store(tmp_path)) == ["base", "acknowledged by a"]
+
+
+def test_a_store_opened_before_a_fork_writes_from_the_child(tmp_path):
+    """gunicorn --preload forks workers from a process that already opened the store."""
+    store = open_store(tmp_path)
+    add(store, "parent")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            add(store, "child")
+            store.maintain(force=True)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert titles(store) == ["parent", "child"]
+
+
+def test_a_sync_the_disk_refuses_is_never_reported_as_not_saved(tmp_path, monkeypatch):
+    store = open_store(tmp_path)
+    add(store, "before")
+
+    def refuse(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    with pytest.raises(CommitUnknownError, match="whether it was kept is unknown"):
+        add(store, "unknown")
+    monkeypatch.undo()
+    with pytest.raises(StoreUnavailableError, match="takes no more writes"):
+        add(store, "after")
+    assert not store.health()["writable"]
+    assert titles(open_store(tmp_path)) == ["before", "unknown"]  # what the disk kept, replayed

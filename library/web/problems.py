@@ -20,6 +20,7 @@ from library.context import (
     MAX_JSON_BYTES,
 )
 from storage import (
+    CommitUnknownError,
     ConflictError,
     CorruptFileError,
     JournalTruncatedError,
@@ -66,6 +67,7 @@ STORAGE_STATUS: dict[type[StorageError], int] = {
     LockTimeoutError: 503,
     CorruptFileError: 503,
     StoreUnavailableError: 503,
+    CommitUnknownError: 503,
 }
 
 
