@@ -228,6 +228,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         lambda: CatalogueView.of(library_store.snapshot(), library_store).version,
         max_entries=10_000,
         max_bytes=int(float(app.config["READ_CACHE_MB"]) * 1024 * 1024),
+        direct=lambda path: catalogue.answer_book(library_store, path),
     )
     app.cli.add_command(load_books_command)
     app.cli.add_command(create_admin_command)

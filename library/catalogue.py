@@ -8,6 +8,7 @@ of the data, not once per request.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import itertools
 import math
@@ -239,20 +240,26 @@ class CatalogueView:
     def encoded(self, book_id: int) -> bytes:
         """The book's public form as JSON bytes, kept (for the most recently asked books) for as
         long as neither it nor its status changes."""
+        return self.answer(book_id)[0]
+
+    def etag(self, book_id: int) -> str:
+        """A strong ETag for one book: a digest of exactly what GET returns."""
+        return self.answer(book_id)[1]
+
+    def answer(self, book_id: int) -> tuple[bytes, str]:
+        """The book's JSON bytes and their ETag (what ``GET /books/<id>`` answers)."""
         record = self.books[book_id]
         status = self.status(book_id)
         cached = _ENCODED.get(book_id)
         if cached is not None and cached[0] is record and cached[1] == status:
             return cached[2]
         data = orjson.dumps(public_book(record, *status))
+        found = (data, etag_of(data))
         if len(_ENCODED) >= _ENCODED_MAX:
-            _ENCODED.clear()
-        _ENCODED[book_id] = (record, status, data)
-        return data
-
-    def etag(self, book_id: int) -> str:
-        """A strong ETag for one book: a digest of exactly what GET returns."""
-        return etag_of(self.encoded(book_id))
+            with contextlib.suppress(RuntimeError, KeyError, StopIteration):  # another thread got there
+                _ENCODED.pop(next(iter(_ENCODED)))  # the oldest: a reader of random books keeps the rest
+        _ENCODED[book_id] = (record, status, found)
+        return found
 
     # -- sorting -----------------------------------------------------------------------------------
 
@@ -819,8 +826,8 @@ def _search_word(word: str) -> str:
     return word
 
 
-_ENCODED: dict[int, tuple[Any, tuple[str, str | None], bytes]] = {}
-_ENCODED_MAX = 4096
+_ENCODED: dict[int, tuple[Any, tuple[str, str | None], tuple[bytes, str]]] = {}
+_ENCODED_MAX = 16384
 """Books kept encoded: enough for the pages being read; a whole catalogue's would be a second copy."""
 
 
@@ -1158,3 +1165,18 @@ __all__ = [
     "replace_book",
     "upsert_book",
 ]
+
+
+def answer_book(store: Store, path: str) -> tuple[bytes, str] | None:
+    """``GET /books/<id>`` answered from the current view: the book's JSON and ETag, or None for
+    any path that is not exactly that of an existing book (the app then answers it)."""
+    if not path.startswith("/books/"):
+        return None
+    digits = path[7:]
+    if not (digits.isascii() and digits.isdigit()) or digits[0] == "0" or len(digits) > 18:
+        return None
+    view = CatalogueView.of(store.snapshot(), store)
+    book_id = int(digits)
+    if book_id not in view.books:
+        return None
+    return view.answer(book_id)

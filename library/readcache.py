@@ -44,10 +44,20 @@ class ReadCache:
     :param current_version: returns the data version now (cheap: it runs on every GET).
     :param max_entries: how many answers to keep; the oldest go first.
     :param max_bytes: how many body bytes to keep at most; 0 turns the cache off.
+    :param direct: answers a path from the data itself, without the app: ``(body, etag)``, or None
+        to let the app answer (a single book, of which there are too many to keep each answer).
     """
 
-    def __init__(self, app: WSGIApp, current_version: Callable[[], Any], max_entries: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        current_version: Callable[[], Any],
+        max_entries: int,
+        max_bytes: int,
+        direct: Callable[[str], tuple[bytes, str] | None] | None = None,
+    ) -> None:
         self.app = app
+        self.direct = direct
         self.current_version = current_version
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -64,6 +74,10 @@ class ReadCache:
             or "HTTP_COOKIE" in environ
         ):
             return self.app(environ, start_response)
+        if self.direct is not None and not environ.get("QUERY_STRING") and "HTTP_ORIGIN" not in environ:
+            found = self.direct(environ.get("PATH_INFO", ""))
+            if found is not None:
+                return self._answer_direct(found, environ, start_response)
         key = (environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""), environ.get("HTTP_ORIGIN", ""))
         version = self.current_version()
         entry = self._entries.get(key)
@@ -75,6 +89,24 @@ class ReadCache:
             start_response(entry.status, entry.headers)
             return [entry.body]
         return self._call_app(key, environ, start_response)
+
+    @staticmethod
+    def _answer_direct(
+        found: tuple[bytes, str], environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        body, etag = found
+        match = environ.get("HTTP_IF_NONE_MATCH")
+        if match and parse_etags(match).contains(etag.strip('"')):
+            start_response("304 NOT MODIFIED", [("ETag", etag), ("Cache-Control", "no-cache")])
+            return []
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("ETag", etag),
+            ("Cache-Control", "no-cache"),
+        ]
+        start_response("200 OK", headers)
+        return [body]
 
     def _call_app(
         self, key: tuple[str, str, str], environ: dict[str, Any], start_response: Callable[..., Any]

@@ -63,3 +63,15 @@ def test_the_cache_can_be_turned_off(data_dir):
     client = client_as(create_app(config), "librarian")
     client.post("/books", json=BOOK)
     assert titles(client) == [BOOK["title"]]
+
+
+def test_a_book_is_answered_without_the_app_exactly_as_the_app_answers_it(app, anon, book):
+    direct = anon.get(f"/books/{book['id']}")
+    through_the_app = anon.get(f"/books/{book['id']}", headers={"Cookie": "x=1"})  # the cache steps aside
+    assert direct.status_code == through_the_app.status_code == 200
+    assert direct.get_data() == through_the_app.get_data()
+    for name in ("Content-Type", "ETag", "Cache-Control", "Content-Length"):
+        assert direct.headers[name] == through_the_app.headers[name]
+    again = anon.get(f"/books/{book['id']}", headers={"If-None-Match": direct.headers["ETag"]})
+    assert again.status_code == 304 and again.headers["ETag"] == direct.headers["ETag"]
+    assert anon.get("/books/999").status_code == 404  # a missing book is the app's to answer
