@@ -15,8 +15,11 @@ from __future__ import annotations
 import abc
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import orjson
 
 from storage.errors import NotFoundError
 
@@ -362,5 +365,35 @@ class Store(abc.ABC):
         """The record changes with ``since < seq <= until`` known to this process, or None when
         they are not all known (the caller must then recompute from a snapshot)."""
 
+    def raw_events_since(self, since: int, limit: int) -> tuple[list[tuple[int, bytes]], int]:
+        """Like :meth:`events_since`, each event as its seq and its JSON bytes (encoded once,
+        shared by every reader).
+
+        :raises JournalTruncatedError: when the changes no longer reach back to ``since``.
+        """
+        events, last = self.events_since(since, limit)
+        return [(event["seq"], orjson.dumps(event)) for event in events], last
+
+    @abc.abstractmethod
+    def exclusive(self) -> AbstractContextManager[Snapshot]:
+        """Hold off every other commit while the block runs, with the stored data complete as of
+        the snapshot yielded (what a consistent backup copies).
+
+        :raises LockTimeoutError: when that could not be had in time.
+        :raises StoreUnavailableError: when part of the data cannot be read or written now.
+        """
+
+    def maintain(self, force: bool = False) -> None:  # noqa: B027 - nothing to do for some stores
+        """One round of background work (checkpoints, repairs); ``force`` does what is pending
+        now. Safe to call at any time from any thread."""
+
+    def start(self) -> None:  # noqa: B027 - nothing to run for some stores
+        """Run :meth:`maintain` in the background of this process (idempotent)."""
+
+    def health(self) -> dict[str, Any]:
+        """``{"writable": bool, "problems": [{"file": ..., "problem": ...}], "seq": int}``: what
+        stands in the way of writes now."""
+        return {"writable": True, "problems": [], "seq": self.snapshot().seq}
+
     def close(self) -> None:  # noqa: B027 - optional for stores that hold nothing open
-        """Release what the store holds open."""
+        """Release what the store holds open (after writing what is pending)."""
