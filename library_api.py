@@ -1232,28 +1232,79 @@ def _operation(view_fn: Callable[..., Any], doc: dict[str, Any], params: list[di
 @with_appcontext
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
-def load_books_command(path: Path, dry_run: bool) -> None:
+@click.option(
+    "--replace-sample", is_flag=True, help="First remove the sample books no one has touched (see remove-sample)."
+)
+def load_books_command(path: Path, dry_run: bool, replace_sample: bool) -> None:
     """Import books from a JSON or CSV file, or a Goodreads CSV or LibraryThing TSV export (the
-    format told from the file's content), upserting by ISBN, then title+author+year."""
+    format told from the file's content): a row with an ISBN is the book with that ISBN, one
+    without is matched by title, author and year."""
     try:
         book_file = loader.read_file(path)
     except loader.UnreadableFileError as exc:
         raise click.ClickException(str(exc)) from None
     rows = book_file.rows
+    if replace_sample and not dry_run:
+        click.echo(f"removed {len(remove_sample())} untouched sample books")
     if loader.wants_progress(len(rows), sys.stderr):
         label = f"{'Checking' if dry_run else 'Importing'} {path.name}"
         with click.progressbar(length=len(rows), label=label, file=sys.stderr) as bar:
             report = import_rows(rows, dry_run, progress=bar.update)
     else:
         report = import_rows(rows, dry_run)
-    for line, reason in report["skipped"]:
-        click.echo(f"line {line}: skipped: {reason}")
+    for line, text in report["lines"]:
+        click.echo(f"line {line}: {text}")
+    if report["unchanged_lines"]:
+        click.echo(f"unchanged (each the same as its book): {_line_ranges(report['unchanged_lines'])}")
     prefix = "dry run: would have " if dry_run else ""
     click.echo(
         f"{prefix}created {report['created']}, updated {report['updated']}, "
-        f"unchanged {report['unchanged']}, skipped {len(report['skipped'])} "
+        f"unchanged {report['unchanged']}, merged {report['merged']}, warnings {report['warnings']}, "
+        f"skipped {len(report['skipped'])} "
         f"(of {len(rows)} rows in {path.name}, read as {book_file.format_name})"
     )
+
+
+def _line_ranges(lines: list[int]) -> str:
+    """``[2, 3, 4, 7]`` as "lines 2-4, 7"."""
+    spans: list[list[int]] = []
+    for line in lines:
+        if spans and line <= spans[-1][1] + 1:
+            spans[-1][1] = line
+        else:
+            spans.append([line, line])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    return f"line{'s' if len(lines) > 1 else ''} {text}"
+
+
+@click.command("remove-sample")
+@with_appcontext
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+def remove_sample_command(dry_run: bool) -> None:
+    """Remove the sample books (of the seed file) that no one has touched: never edited, never
+    borrowed or held, without a cover or a document."""
+    removed = remove_sample(dry_run)
+    for book in removed:
+        click.echo(f"{'would remove' if dry_run else 'removed'} book {book['id']}: {book['title']!r}")
+    click.echo(f"{'dry run: would have ' if dry_run else ''}removed {len(removed)} sample books")
+
+
+def remove_sample(dry_run: bool = False) -> list[dict[str, Any]]:
+    """Delete the untouched books of the sample catalogue (``SEED_FILE``); returns them."""
+    seed_file = current_app.config["SEED_FILE"] or HERE / "books.json"
+    sample = [_import_fields(fields)[0] for _, fields in loader.read_rows(Path(seed_file))]
+    index = writer_index()
+
+    def remove(txn: Any) -> list[dict[str, Any]]:
+        removed = catalogue.remove_sample(txn, index, sample)
+        if dry_run:
+            raise DryRun(removed)
+        return removed
+
+    try:
+        return write_books(remove)
+    except DryRun as exc:
+        return exc.args[0]
 
 
 @click.command("create-admin")
@@ -1377,27 +1428,50 @@ interrupted import can be run again (the upsert rules make what it already did a
 def import_rows(
     rows: list[loader.Row], dry_run: bool = False, progress: Callable[[int], Any] | None = None
 ) -> dict[str, Any]:
-    """Validate and upsert ``rows``, committed in batches of :data:`IMPORT_BATCH` (a dry run in one
-    transaction that is thrown away); returns counts and the skipped rows. ``progress(1)`` is called
-    after each row (a progress bar's ``update``)."""
-    report: dict[str, Any] = {"created": 0, "updated": 0, "unchanged": 0, "skipped": []}
+    """Validate and import ``rows`` by :func:`catalogue.import_book`, committed in batches of
+    :data:`IMPORT_BATCH` (a dry run in one transaction that is thrown away). ``progress(1)`` is
+    called after each row (a progress bar's ``update``).
+
+    :returns: the counts; ``lines``, ``(line, text)`` for every row that did not simply create a
+        book, in file order (updated, merged, warnings, skipped); ``unchanged_lines``; ``skipped``.
+    """
+    report: dict[str, Any] = {
+        "created": 0, "updated": 0, "unchanged": 0, "merged": 0, "warnings": 0,
+        "lines": [], "unchanged_lines": [], "skipped": [],
+    }  # fmt: skip
     moment, index = catalogue.utcnow(), writer_index()
+    earlier: dict[int, int] = {}  # book id: the first line of this file that was that book
+
+    def note(line: int, text: str) -> None:
+        report["lines"].append((line, text))
 
     def upsert(txn: Any, batch: list[loader.Row]) -> None:
         for line, fields in batch:
             try:
-                data = book_schema.load(_import_fields(fields))
-                _, outcome = catalogue.upsert_book(txn, index, data, moment)
+                data, warnings = _import_fields(fields)
+                done = catalogue.import_book(txn, index, data, moment, earlier)
             except ValidationError as exc:
                 report["skipped"].append((line, _reason(exc.messages)))
-                continue
-            except ConflictError as exc:
-                report["skipped"].append((line, str(exc)))
+                note(line, f"skipped: {_reason(exc.messages)}")
                 continue
             finally:
                 if progress is not None:
                     progress(1)
-            report[outcome] += 1
+            book, before = done.book, done.before
+            for text in (*warnings, *done.notes):
+                report["warnings"] += 1
+                note(line, f"warning: {text}")
+            name = f"book {book['id']} ({book['title']!r})"
+            changed = _changes(before, book) if before is not None else ""
+            if done.outcome == "merged":
+                first = earlier[book["id"]]
+                note(line, f"merged with line {first}, {name}" + (f"; filled {changed}" if changed else ""))
+            elif done.outcome == "updated":
+                note(line, f"updated {name}: {changed}")
+            elif done.outcome == "unchanged":
+                report["unchanged_lines"].append(line)
+            earlier.setdefault(book["id"], line)
+            report[done.outcome] += 1
 
     if dry_run:
 
@@ -1414,19 +1488,66 @@ def import_rows(
     return report
 
 
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The fields that differ, with their old and new values: 'genre None → "Fantasy"'."""
+    return ", ".join(
+        f"{field} {_clip(repr(before.get(field)), 40)} → {_clip(repr(after.get(field)), 40)}"
+        for field in catalogue.BOOK_FIELDS
+        if before.get(field) != after.get(field)
+    )
+
+
 IMPORT_IGNORED = {"id", "status", "due_at", "cover_url", "document_url", "created_at", "updated_at"}
+IMPORT_REQUIRED = ("title", "author")
 
 
-def _import_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """A row as the book schema takes it: read-only columns dropped, CSV's empty cells left out,
-    CSV's year text made a number."""
+def _import_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A row as the book schema takes it, and warnings for the values left out.
+
+    Read-only columns are dropped and CSV's empty cells left out. Of a field's choices
+    (:class:`loader.Choices`) the first valid one is taken; a field with no valid value is left
+    out with a warning, the book kept. Only a row without a valid title or author is refused.
+
+    :raises ValidationError: naming the required field that has no valid value.
+    """
     if "_row" in fields:
         raise ValidationError({"_schema": ["A book must be a JSON object."]})
-    data = {k: v for k, v in fields.items() if k not in IMPORT_IGNORED and v != ""}
-    year = data.get("publication_year")
-    if isinstance(year, str) and year.lstrip("-").isdigit():
-        data["publication_year"] = int(year)
-    return data
+    choices: dict[str, tuple[Any, ...]] = {}
+    for name, value in fields.items():
+        if name in IMPORT_IGNORED:
+            continue
+        values = value if isinstance(value, loader.Choices) else (value,)
+        values = tuple(_year(v) if name == "publication_year" else v for v in values if v != "")
+        if values:
+            choices[name] = values
+    picked = dict.fromkeys(choices, 0)
+    refused: dict[str, list[str]] = {}
+    warnings: list[str] = []
+    while True:
+        data = {name: choices[name][i] for name, i in picked.items()}
+        try:
+            return book_schema.load(data), warnings
+        except ValidationError as exc:
+            errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        for name, messages in errors.items():
+            if name not in picked:
+                raise ValidationError(errors)
+            text = " ".join(map(str, messages)) if isinstance(messages, list) else str(messages)
+            refused.setdefault(name, []).append(f"{_clip(repr(data[name]), 40)} ({text.rstrip('.')})")
+            picked[name] += 1
+            if picked[name] < len(choices[name]):
+                continue
+            del picked[name]
+            if name in IMPORT_REQUIRED:
+                raise ValidationError({name: ["no valid value: " + "; ".join(refused[name])]})
+            warnings.append(f"{name} dropped: " + "; ".join(refused[name]))
+
+
+def _year(value: Any) -> Any:
+    """CSV's year text as a number."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
 
 
 def _reason(messages: Any) -> str:
@@ -1446,7 +1567,7 @@ def open_store(app: Flask) -> JsonStore:
     def fill(txn: Any) -> None:
         if seed_file:
             rows = loader.read_rows(Path(seed_file))
-            catalogue.seed(txn, [book_schema.load(_import_fields(fields)) for _, fields in rows])
+            catalogue.seed(txn, [_import_fields(fields)[0] for _, fields in rows])
 
     opened: list[JsonStore] = []  # the store, once it is open: events read statuses from its last view
 
@@ -1563,6 +1684,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         max_bytes=int(float(app.config["READ_CACHE_MB"]) * 1024 * 1024),
     )
     app.cli.add_command(load_books_command)
+    app.cli.add_command(remove_sample_command)
     app.cli.add_command(create_admin_command)
     app.cli.add_command(overdue_command)
     app.cli.add_command(export_command)
