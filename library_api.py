@@ -1498,7 +1498,7 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> str:
 
 
 IMPORT_IGNORED = {"id", "status", "due_at", "cover_url", "document_url", "created_at", "updated_at"}
-IMPORT_REQUIRED = ("title", "author")
+IMPORT_REQUIRED = {"title": "The row has no title.", "author": "The row names no author (nor an editor)."}
 
 
 def _import_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -1520,9 +1520,19 @@ def _import_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         values = tuple(_year(v) if name == "publication_year" else v for v in values if v != "")
         if values:
             choices[name] = values
-    picked = dict.fromkeys(choices, 0)
     refused: dict[str, list[str]] = {}
-    warnings: list[str] = []
+    if "isbn" in choices:  # a bar code that is not a book's passes the ISBN-13 checksum: refuse it here
+        eans = [v for v in choices["isbn"] if isinstance(v, str) and _is_ean(v)]
+        if eans:
+            refused["isbn"] = [f"{v!r} (an EAN, not an ISBN: an ISBN-13 starts with 978 or 979)" for v in eans]
+            choices["isbn"] = tuple(v for v in choices["isbn"] if v not in eans)
+            if not choices["isbn"]:
+                del choices["isbn"]
+    for name, missing in IMPORT_REQUIRED.items():
+        if name not in choices:
+            raise ValidationError({name: [missing]})
+    picked = dict.fromkeys(choices, 0)
+    warnings = [f"{name} dropped: " + "; ".join(why) for name, why in refused.items() if name not in choices]
     while True:
         data = {name: choices[name][i] for name, i in picked.items()}
         try:
@@ -1539,8 +1549,13 @@ def _import_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 continue
             del picked[name]
             if name in IMPORT_REQUIRED:
-                raise ValidationError({name: ["no valid value: " + "; ".join(refused[name])]})
+                raise ValidationError({name: ["No valid value: " + "; ".join(refused[name])]})
             warnings.append(f"{name} dropped: " + "; ".join(refused[name]))
+
+
+def _is_ean(value: str) -> bool:
+    digits = value.replace("-", "").replace(" ", "")
+    return len(digits) == 13 and digits.isdigit() and not digits.startswith(("978", "979"))
 
 
 def _year(value: Any) -> Any:

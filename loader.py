@@ -24,7 +24,8 @@ Goodreads (``Book Id,Title,Author,...,ISBN,ISBN13,...``)
   - author: ``Author`` (already "First Last"; ``Additional Authors`` are left out), spaces
     collapsed and initials spaced like the catalogue's ("J.R.R. Tolkien" is "J. R. R. Tolkien").
   - isbn: the first valid of ``ISBN13`` and ``ISBN``, with the spreadsheet quoting ``="..."``
-    removed (``=""`` is none): an EAN or a truncated ISBN-13 does not hide a valid ISBN-10.
+    removed (``=""`` is none): an EAN, a truncated ISBN-13 or a spreadsheet's ``9.78E+12`` does
+    not hide a valid ISBN-10; an ISBN-10 a spreadsheet stripped of its leading zeros gets them back.
   - publisher: ``Publisher``.
   - publication_year: the first valid of ``Original Publication Year`` (the work's) and ``Year
     Published`` (the edition's): Goodreads' 32767 for "unknown" gives way to the edition's year.
@@ -45,7 +46,8 @@ LibraryThing (tab-separated: ``Book Id, Title, Sort Character, Primary Author, .
   - genre: the first of ``Tags`` that is a subject (see :func:`is_subject`), its first letters
     made capitals.
 
-Both: HTML entities are decoded ("&amp;" is "&").
+Both: HTML entities are decoded ("&amp;" is "&"); spaces after a delimiter are ignored (an
+export realigned into columns by an editor reads as the original).
 """
 
 from __future__ import annotations
@@ -205,7 +207,7 @@ def _json_rows(text: str, path: Path) -> Iterator[Row]:
 def _table(text: str, path: Path) -> BookFile:
     """A delimited file, its format (and delimiter) told from its header row."""
     for delimiter in ("\t", ",", ";"):
-        header = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
+        header = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True), [])
         kind = _kind({_column(name) for name in header})
         if kind:
             return BookFile(kind, list(_table_rows(text, path, delimiter, kind)))
@@ -231,7 +233,7 @@ def _kind(columns: set[str]) -> str | None:
 
 
 def _table_rows(text: str, path: Path, delimiter: str, kind: str) -> Iterator[Row]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
     mapper = {"goodreads": _goodreads, "librarything": _librarything, "csv": _ours}[kind]
     try:
         header = [_column(name) for name in next(reader)]
@@ -265,8 +267,16 @@ def _goodreads(cells: dict[str, str]) -> dict[str, Any]:
         "genre": _capitalized(_words(genre.replace("-", " ").replace("_", " "))),
         "publisher": _words(cells.get("publisher", "")),
         "publication_year": Choices(cells.get("original publication year", ""), cells.get("year published", "")),
-        "isbn": Choices(_unformula(cells.get("isbn13", "")), _unformula(cells.get("isbn", ""))),
+        "isbn": Choices(_unformula(cells.get("isbn13", "")), _zeros(_unformula(cells.get("isbn", "")))),
     }
+
+
+def _zeros(isbn: str) -> str:
+    """An ISBN-10 that a spreadsheet read as a number, its leading zeros given back ("62645226" is
+    "0062645226"); the checksum still decides whether it is one."""
+    if 7 <= len(isbn) < 10 and isbn[:-1].isdigit() and (isbn[-1].isdigit() or isbn[-1] in "xX"):
+        return isbn.zfill(10)
+    return isbn
 
 
 def _unformula(value: str) -> str:
