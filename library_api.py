@@ -1259,8 +1259,8 @@ def load_books_command(path: Path, dry_run: bool, replace_sample: bool) -> None:
     prefix = "dry run: would have " if dry_run else ""
     click.echo(
         f"{prefix}created {report['created']}, updated {report['updated']}, "
-        f"unchanged {report['unchanged']}, merged {report['merged']}, warnings {report['warnings']}, "
-        f"skipped {len(report['skipped'])} "
+        f"unchanged {report['unchanged']}, skipped {len(report['skipped'])}, "
+        f"merged {report['merged']}, warnings {report['warnings']} "
         f"(of {len(rows)} rows in {path.name}, read as {book_file.format_name})"
     )
 

@@ -677,7 +677,7 @@ def test_the_report_names_every_row_that_did_not_simply_create_a_book(runner, cl
     assert lines == [
         "line 12: merged with line 2, book 1 ('Slaughterhouse-Five')",
         "unchanged (each the same as its book): lines 2-11",
-        "created 0, updated 0, unchanged 10, merged 1, warnings 0, skipped 0 "
+        "created 0, updated 0, unchanged 10, skipped 0, merged 1, warnings 0 "
         "(of 11 rows in goodreads_quirks.csv, read as Goodreads CSV export)",
     ]
 
