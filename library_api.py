@@ -26,14 +26,12 @@ from library.commands import (
     export_command,
     load_books_command,
     overdue_command,
+    remove_sample_command,
     restore_command,
 )
 from library.context import MAX_JSON_BYTES
 from library.importer import _import_fields
 from library.records import COLLECTIONS
-from library.schemas import (
-    book_schema,
-)
 from library.web import register_blueprints
 from library.web.books import file_name
 from library.web.http import IdConverter, LibraryRequest, OrjsonProvider, drop_spools
@@ -113,7 +111,7 @@ def open_store(app: Flask) -> JsonStore:
     def fill(txn: Any) -> None:
         if seed_file:
             rows = loader.read_rows(Path(seed_file))
-            catalogue.seed(txn, [book_schema.load(_import_fields(fields)) for _, fields in rows])
+            catalogue.seed(txn, [_import_fields(fields)[0] for _, fields in rows])
 
     opened: list[JsonStore] = []  # the store, once it is open: events read statuses from its last view
 
@@ -231,6 +229,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         direct=lambda path: catalogue.answer_book(library_store, path),
     )
     app.cli.add_command(load_books_command)
+    app.cli.add_command(remove_sample_command)
     app.cli.add_command(create_admin_command)
     app.cli.add_command(overdue_command)
     app.cli.add_command(export_command)

@@ -13,8 +13,9 @@ import hashlib
 import itertools
 import math
 import threading
+import unicodedata
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -76,6 +77,23 @@ def isbn13(isbn: str) -> str:
 def fold(text: str | None) -> str:
     """Text as compared by filters and the upsert rules: case-insensitive, spaces collapsed."""
     return " ".join(text.split()).casefold() if text else ""
+
+
+#: Words after a name that do not make another person: "Kurt Vonnegut Jr." is Kurt Vonnegut.
+NAME_SUFFIXES = frozenset({"jr", "jnr", "junior", "sr", "snr", "senior", "ii", "iii", "iv"})
+
+
+def author_key(name: str | None) -> str:
+    """An author's name as the upsert rules compare it: without case, accents, punctuation or
+    a suffix such as "Jr." ("Mariana Enríquez" is "Mariana Enriquez", "J.R.R. Tolkien" is
+    "J. R. R. Tolkien")."""
+    if not name:
+        return ""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", name.casefold()) if not unicodedata.combining(c))
+    words = "".join(c if c.isalnum() else " " for c in plain).split()
+    while len(words) > 1 and words[-1] in NAME_SUFFIXES:
+        words.pop()
+    return " ".join(words)
 
 
 # -- the public form of a book ---------------------------------------------------------------------
@@ -964,7 +982,7 @@ class WriterIndex:
 
 
 def tay_key(book: Mapping[str, Any]) -> tuple[str, str, int | None]:
-    return (fold(book.get("title")), fold(book.get("author")), book.get("publication_year"))
+    return (fold(book.get("title")), author_key(book.get("author")), book.get("publication_year"))
 
 
 def upsert_book(txn: Txn, index: WriterIndex, data: dict[str, Any], now: str) -> tuple[dict[str, Any], str]:
@@ -978,7 +996,7 @@ def upsert_book(txn: Txn, index: WriterIndex, data: dict[str, Any], now: str) ->
     by_tay = index.find_tay(data)
     if by_isbn is not None:
         target = txn.get_or_fail("books", by_isbn, "Book not found")
-        if fold(target["author"]) != fold(data["author"]):
+        if author_key(target["author"]) != author_key(data["author"]):
             raise ConflictError("ISBN already exists")
         if by_tay is not None and by_tay != by_isbn:
             raise ConflictError(f"The ISBN belongs to book {by_isbn} but title, author and year match book {by_tay}")
@@ -989,6 +1007,72 @@ def upsert_book(txn: Txn, index: WriterIndex, data: dict[str, Any], now: str) ->
         index.add(book)
         return book, "created"
     return _change_book(txn, index, target, {**target, **data}, now)
+
+
+@dataclass
+class Imported:
+    """What :func:`import_book` did with a row: ``outcome`` is ``"created"``, ``"updated"``,
+    ``"unchanged"`` or ``"merged"`` (a book an earlier row of the same import already gave);
+    ``before`` is the book as it was (None when created); ``notes`` say what was not taken."""
+
+    book: dict[str, Any]
+    outcome: str
+    before: dict[str, Any] | None = None
+    notes: tuple[str, ...] = ()
+
+
+def import_book(txn: Txn, index: WriterIndex, data: dict[str, Any], now: str, earlier: Container[int] = ()) -> Imported:
+    """Apply the import rules to ``data`` (validated fields) and return what happened.
+
+    A row with an ISBN is the book with that ISBN (10 and 13 alike), so rows with different ISBNs
+    are never one book; when no book has it, an ISBN-less book with the same title, author and
+    year takes it. A row without an ISBN is the book with the same title, author and year. When the
+    ISBN's book has another author, the row is that book (its author kept) if the titles agree,
+    else the ISBN is dropped and the row is matched as one without it. A book in ``earlier`` (met
+    by an earlier row of the same import) only has its empty fields filled, so the first row wins
+    and importing the same file again changes nothing.
+    """
+    notes: list[str] = []
+    target: dict[str, Any] | None = None
+    if data.get("isbn"):
+        owner = index.find_isbn(data["isbn"])
+        if owner is not None:
+            found = txn.get_or_fail("books", owner, "Book not found")
+            isbn, data = data["isbn"], {k: v for k, v in data.items() if k != "isbn"}  # the stored form stays
+            if author_key(found["author"]) == author_key(data["author"]):
+                target = found
+            elif _same_title(found["title"], data["title"]):
+                target = found
+                if fold(found["author"]) != fold(data["author"]):
+                    notes.append(
+                        f"author {data['author']!r} not taken: book {owner} has this ISBN by {found['author']!r}"
+                    )
+                data = {k: v for k, v in data.items() if k != "author"}
+            else:
+                notes.append(f"isbn {isbn} dropped: it is book {owner}'s ({found['title']!r} by {found['author']!r})")
+    if target is None:
+        ids = index.by_tay.get(tay_key(data), set())
+        if data.get("isbn"):  # only a book that has no ISBN yet can be this one
+            ids = {i for i in ids if not (txn.get("books", i) or {}).get("isbn")}
+        if ids:
+            target = txn.get_or_fail("books", min(ids), "Book not found")
+    if target is None:
+        book = txn.insert("books", _new_book(data, now))
+        index.add(book)
+        return Imported(book, "created", None, tuple(notes))
+    if target["id"] in earlier:
+        filled = {k: v for k, v in data.items() if target.get(k) in (None, "") and v not in (None, "")}
+        book, _ = _change_book(txn, index, target, {**target, **filled}, now)
+        return Imported(book, "merged", target, tuple(notes))
+    book, outcome = _change_book(txn, index, target, {**target, **data}, now)
+    return Imported(book, outcome, target, tuple(notes))
+
+
+def _same_title(one: str, other: str) -> bool:
+    """Whether two titles are one, the shorter perhaps without the longer's subtitle."""
+    one, other = fold(one), fold(other)
+    short, long = sorted((one, other), key=len)
+    return short == long or (bool(short) and long.startswith(short) and not long[len(short)].isalnum())
 
 
 def replace_book(
@@ -1150,6 +1234,27 @@ def seed(txn: Txn, books: Iterable[dict[str, Any]]) -> int:
     return count
 
 
+def remove_sample(txn: Txn, index: WriterIndex, sample: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Delete the books of ``sample`` (validated, as :func:`seed` took them) that no one has
+    touched: the record still has the sample's fields, was never updated, has no cover or document,
+    and was never borrowed or held. Returns the books deleted."""
+    removed = []
+    for data in sample:
+        found = index.find_isbn(data["isbn"]) if data.get("isbn") else index.find_tay(data)
+        book = txn.get("books", found) if found is not None else None
+        if book is None or book["updated_at"] != book["created_at"]:
+            continue
+        if book.get("cover_url") or book.get("document_url"):
+            continue
+        if any(book.get(field) != data.get(field) for field in BOOK_FIELDS):
+            continue
+        if txn.where("loans", "book_id", book["id"]) or txn.where("holds", "book_id", book["id"]):
+            continue
+        removed.append(txn.delete("books", book["id"]))
+        index.discard(book)
+    return removed
+
+
 __all__ = [
     "BookQuery",
     "CatalogueView",
@@ -1164,6 +1269,8 @@ __all__ = [
     "patch_book",
     "replace_book",
     "upsert_book",
+    "import_book",
+    "remove_sample",
 ]
 
 

@@ -6,6 +6,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
@@ -13,7 +14,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 from marshmallow import ValidationError
 
-from library import auth, circulation, loader, members, operations
+from library import auth, catalogue, circulation, loader, members, operations
 from library.context import (
     data_dir,
     now,
@@ -21,8 +22,10 @@ from library.context import (
     stamp,
     store,
     view,
+    write_books,
+    writer_index,
 )
-from library.importer import _reason, import_rows
+from library.importer import DryRun, _clip, _import_fields, _reason, import_rows
 from library.records import COLLECTIONS
 from library.schemas import (
     RegisterSchema,
@@ -35,26 +38,35 @@ log = logging.getLogger("library_api")
 @with_appcontext
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
-def load_books_command(path: Path, dry_run: bool) -> None:
+@click.option(
+    "--replace-sample", is_flag=True, help="First remove the sample books no one has touched (see remove-sample)."
+)
+def load_books_command(path: Path, dry_run: bool, replace_sample: bool) -> None:
     """Import books from a JSON or CSV file, or a Goodreads CSV or LibraryThing TSV export (the
-    format told from the file's content), upserting by ISBN, then title+author+year."""
+    format told from the file's content): a row with an ISBN is the book with that ISBN, one
+    without is matched by title, author and year."""
     try:
         book_file = loader.read_file(path)
     except loader.UnreadableFileError as exc:
         raise click.ClickException(str(exc)) from None
     rows = book_file.rows
+    if replace_sample and not dry_run:
+        click.echo(f"removed {len(remove_sample())} untouched sample books")
     if loader.wants_progress(len(rows), sys.stderr):
         label = f"{'Checking' if dry_run else 'Importing'} {path.name}"
         with click.progressbar(length=len(rows), label=label, file=sys.stderr) as bar:
             report = import_rows(rows, dry_run, progress=bar.update)
     else:
         report = import_rows(rows, dry_run)
-    for line, reason in report["skipped"]:
-        click.echo(f"line {line}: skipped: {reason}")
+    for line, text in report["lines"]:
+        click.echo(f"line {line}: {text}")
+    if report["unchanged_lines"]:
+        click.echo(f"unchanged (each the same as its book): {_line_ranges(report['unchanged_lines'])}")
     prefix = "dry run: would have " if dry_run else ""
     click.echo(
         f"{prefix}created {report['created']}, updated {report['updated']}, "
-        f"unchanged {report['unchanged']}, skipped {len(report['skipped'])} "
+        f"unchanged {report['unchanged']}, skipped {len(report['skipped'])}, "
+        f"merged {report['merged']}, warnings {report['warnings']} "
         f"(of {len(rows)} rows in {path.name}, read as {book_file.format_name})"
     )
 
@@ -116,10 +128,6 @@ def overdue_command(as_json: bool) -> None:
     click.echo(f"{len(report)} overdue loan{'s' if len(report) > 1 else ''}, fines so far {total:.2f}")
 
 
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def utc_stamp() -> str:
     return stamp(datetime.now(UTC))
 
@@ -166,3 +174,45 @@ def restore_command(path: Path, force: bool) -> None:
     click.echo(f"restored {path} into {directory}")
     if aside is not None:
         click.echo(f"the data it replaced is kept in {aside}")
+
+
+def _line_ranges(lines: list[int]) -> str:
+    """``[2, 3, 4, 7]`` as "lines 2-4, 7"."""
+    spans: list[list[int]] = []
+    for line in lines:
+        if spans and line <= spans[-1][1] + 1:
+            spans[-1][1] = line
+        else:
+            spans.append([line, line])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    return f"line{'s' if len(lines) > 1 else ''} {text}"
+
+
+@click.command("remove-sample")
+@with_appcontext
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+def remove_sample_command(dry_run: bool) -> None:
+    """Remove the sample books (of the seed file) that no one has touched: never edited, never
+    borrowed or held, without a cover or a document."""
+    removed = remove_sample(dry_run)
+    for book in removed:
+        click.echo(f"{'would remove' if dry_run else 'removed'} book {book['id']}: {book['title']!r}")
+    click.echo(f"{'dry run: would have ' if dry_run else ''}removed {len(removed)} sample books")
+
+
+def remove_sample(dry_run: bool = False) -> list[dict[str, Any]]:
+    """Delete the untouched books of the sample catalogue (``SEED_FILE``); returns them."""
+    seed_file = current_app.config["SEED_FILE"] or Path(current_app.root_path) / "books.json"
+    sample = [_import_fields(fields)[0] for _, fields in loader.read_rows(Path(seed_file))]
+    index = writer_index()
+
+    def remove(txn: Any) -> list[dict[str, Any]]:
+        removed = catalogue.remove_sample(txn, index, sample)
+        if dry_run:
+            raise DryRun(removed)
+        return removed
+
+    try:
+        return write_books(remove)
+    except DryRun as exc:
+        return exc.args[0]

@@ -3,53 +3,67 @@
 Four formats, told apart by the file's content (never its name): JSON (a list of books, or
 ``{"books": [...]}``), our CSV (a header row with a ``title`` column: title, author, genre,
 publisher, publication_year, isbn), a Goodreads CSV export and a LibraryThing TSV export (both
-recognised by their header row). The text is UTF-8 (a BOM is allowed), UTF-16 with a BOM, or, when
-it is not valid UTF-8, Windows-1252/Latin-1 as LibraryThing writes it.
+recognised by their header row). The text is UTF-8 (a BOM is allowed) or UTF-16 with a BOM. Bytes
+that are not UTF-8 are read as Windows-1252 (Latin-1 for the five bytes it leaves undefined) one by
+one, where they stand: an export that is UTF-8 with a few stray bytes in one column keeps every other
+character as written, and an export written wholly in Latin-1 is read as Latin-1.
 
 Each reader yields ``(line, fields)`` pairs: the line of the file the row starts on and the row's
 fields under our names (title, author, genre, publisher, publication_year, isbn), an empty string
-for a value the file does not give. Validation (required fields, ISBN checksums, years) and the
-upsert rules are the caller's, so a bad row is reported, not dropped.
+for a value the file does not give. Where an export offers a field in several columns, the value is
+a :class:`Choices` of them in order of preference; the caller takes the first that is valid.
+Validation (required fields, ISBN checksums, years) and the upsert rules are the caller's, so a bad
+value is reported, not silently dropped.
 
 How the exports map onto a book:
 
 Goodreads (``Book Id,Title,Author,...,ISBN,ISBN13,...``)
-  - title: ``Title`` without the series Goodreads appends ("Dune (Dune, #1)" is "Dune").
+  - title: ``Title`` without the series Goodreads appends: a last parenthesis holding "#" and a
+    number ("Dune (Dune, #1)" is "Dune", "(Discworld, #1-3)", "(Foundation #0.5)"); a parenthesis
+    without a number ("(Penguin Modern Classics)") is part of the title.
   - author: ``Author`` (already "First Last"; ``Additional Authors`` are left out), spaces
     collapsed and initials spaced like the catalogue's ("J.R.R. Tolkien" is "J. R. R. Tolkien").
-  - isbn: ``ISBN13``, else ``ISBN``, with the spreadsheet quoting ``="..."`` removed (``=""`` is none).
+  - isbn: the first valid of ``ISBN13`` and ``ISBN``, with the spreadsheet quoting ``="..."``
+    removed (``=""`` is none): an EAN, a truncated ISBN-13 or a spreadsheet's ``9.78E+12`` does
+    not hide a valid ISBN-10; an ISBN-10 a spreadsheet stripped of its leading zeros gets them back.
   - publisher: ``Publisher``.
-  - publication_year: ``Original Publication Year`` (the work's), else ``Year Published`` (the edition's).
-  - genre: the first of ``Bookshelves`` that is not about reading (``Exclusive Shelf``, to-read,
-    currently-reading, read, favorites, owned, ...), its slug made words ("science-fiction" is
-    "Science Fiction"); none when every shelf is a reading one.
+  - publication_year: the first valid of ``Original Publication Year`` (the work's) and ``Year
+    Published`` (the edition's): Goodreads' 32767 for "unknown" gives way to the edition's year.
+  - genre: the first of ``Bookshelves`` that is a subject (see :func:`is_subject`), its slug made
+    words ("science-fiction" is "Science Fiction"); none when no shelf is.
 
 LibraryThing (tab-separated: ``Book Id, Title, Sort Character, Primary Author, ...`` with tabs)
   - title: ``Title``.
   - author: ``Primary Author``, written "Last, First" by LibraryThing and turned into "First Last"
     like the catalogue's ("García Márquez, Gabriel" is "Gabriel García Márquez", "Vonnegut, Kurt,
-    Jr." is "Kurt Vonnegut Jr."), initials spaced as above. Secondary authors are left out.
-  - isbn: the first valid ISBN of ``ISBN`` then ``ISBNs`` (brackets removed); when none is valid,
-    ``ISBN`` as written, so that the row is reported as skipped rather than imported without it.
+    Jr." is "Kurt Vonnegut Jr."), initials spaced as above; without one (an anthology, an atlas),
+    the first ``Secondary Author`` whose role is an editor's or a compiler's.
+  - isbn: the first valid of ``ISBN`` then each of ``ISBNs`` (brackets removed).
   - publisher: ``Publication`` up to its " (year)": "Ace Books (1990), Edition: Reissue, ..." is
     "Ace Books"; without a year, the text before its first comma.
-  - publication_year: the year ``Date`` starts with ("1965", "c1965", "1965-04-01").
-  - genre: the first of ``Tags`` that is not about reading, its first letters made capitals.
+  - publication_year: the year ``Date`` starts with ("1965", "c1965", "1965-04-01"); a date
+    without digits ("date?", "?", "pas de date", "aucune date", "n.d.") is no year.
+  - genre: the first of ``Tags`` that is a subject (see :func:`is_subject`), its first letters
+    made capitals.
+
+Both: HTML entities are decoded ("&amp;" is "&"); spaces after a delimiter are ignored (an
+export realigned into columns by an editor reads as the original).
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import html
 import io
 import json
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from library.catalogue import normalize_isbn
 from storage.jsonfile import item_lines
 
 Row = tuple[int, dict[str, Any]]
@@ -67,17 +81,33 @@ FORMAT_NAMES = {
 GOODREADS_COLUMNS = {"book id", "title", "author", "isbn", "isbn13"}
 LIBRARYTHING_COLUMNS = {"title", "primary author"}
 
-#: Shelves and tags that say how far one got with a book, not what kind of book it is.
-READING_SHELVES = {
-    "read", "to-read", "currently-reading", "want-to-read", "did-not-finish", "dnf", "abandoned",
-    "on-hold", "paused", "re-read", "reread", "tbr", "favorites", "favourites", "owned", "books-i-own",
-    "owned-books", "wishlist", "wish-list", "library", "your-library", "kindle", "ebook", "ebooks",
-    "audiobook", "audiobooks",
-}  # fmt: skip
+#: Words that make a shelf or a tag say how far one got with a book, whether one owns it, in what
+#: form, or how one files it, not what kind of book it is: a shelf with any of these words (its
+#: words split at spaces, "-" and "_", compared without case or accents) is never a genre. English
+#: and the languages of the exports we have seen (French, Spanish, German).
+_NOT_SUBJECT = """
+    read reading reread re unread tbr dnf did finish finished unfinished abandoned paused hold
+    currently want wanted wish wishlist wishes owned own owning bought buy borrowed lent loaned
+    library libraries kindle ebook ebooks audiobook audiobooks audible favorites favourites
+    favorite favourite faves fave shelf shelves default meta undetermined unknown misc
+    lire lu lus lue lues lecture possede possedes envie pal
+    leer leido leidos leyendo pendiente pendientes
+    gelesen lesen ungelesen
+"""
+NOT_SUBJECT_WORDS = frozenset(_NOT_SUBJECT.split())
 
 
 class UnreadableFileError(Exception):
     """The file cannot be read as a book file at all."""
+
+
+class Choices(tuple[str, ...]):
+    """The values an export offers for one field, in order of preference (empty ones left out)."""
+
+    __slots__ = ()
+
+    def __new__(cls, *values: str) -> Choices:
+        return super().__new__(cls, (v for v in values if v))
 
 
 @dataclass(frozen=True)
@@ -129,20 +159,24 @@ def wants_progress(count: int, stream: TextIO | None) -> bool:
 # -- text ----------------------------------------------------------------------------------------
 
 
+_STRAY = re.compile("[\udc80-\udcff]+")
+#: A byte that is not part of UTF-8 text, as Windows-1252 reads it (what "Latin-1" exports mostly
+#: are: curly quotes, dashes), or as Latin-1 for the five bytes Windows-1252 leaves undefined.
+_LEGACY = {0xDC00 + b: bytes([b]).decode("cp1252", "ignore") or chr(b) for b in range(0x80, 0x100)}
+
+
 def _decode(raw: bytes) -> str:
+    """The file's text: UTF-16 when it says so, else UTF-8 where the bytes are UTF-8 and the
+    legacy encoding for each byte that is not, so that stray bytes change nothing around them."""
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         try:
             return raw.decode("utf-16")
         except UnicodeDecodeError:
             pass
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        pass
-    try:
-        return raw.decode("cp1252")  # what "Latin-1" exports mostly are: curly quotes, dashes
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")  # every byte is a character
+    text = raw.decode("utf-8-sig", "surrogateescape")
+    if _STRAY.search(text) is None:
+        return text
+    return _STRAY.sub(lambda m: m.group().translate(_LEGACY), text)
 
 
 # -- JSON ----------------------------------------------------------------------------------------
@@ -173,7 +207,7 @@ def _json_rows(text: str, path: Path) -> Iterator[Row]:
 def _table(text: str, path: Path) -> BookFile:
     """A delimited file, its format (and delimiter) told from its header row."""
     for delimiter in ("\t", ",", ";"):
-        header = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
+        header = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True), [])
         kind = _kind({_column(name) for name in header})
         if kind:
             return BookFile(kind, list(_table_rows(text, path, delimiter, kind)))
@@ -199,7 +233,7 @@ def _kind(columns: set[str]) -> str | None:
 
 
 def _table_rows(text: str, path: Path, delimiter: str, kind: str) -> Iterator[Row]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
     mapper = {"goodreads": _goodreads, "librarything": _librarything, "csv": _ours}[kind]
     try:
         header = [_column(name) for name in next(reader)]
@@ -224,17 +258,25 @@ _SERIES = re.compile(r"\s*\([^()]*#\s*\d[^()]*\)\s*$")  # "Dune (Dune, #1)", "(D
 
 
 def _goodreads(cells: dict[str, str]) -> dict[str, Any]:
-    not_genre = READING_SHELVES | {_slug(cells.get("exclusive shelf", ""))}
+    exclusive = _slug(cells.get("exclusive shelf", ""))
     shelves = [_slug(s) for s in cells.get("bookshelves", "").split(",")]
-    genre = next((s for s in shelves if s and s not in not_genre), "")
+    genre = next((s for s in shelves if s and s != exclusive and is_subject(s)), "")
     return {
         "title": _SERIES.sub("", _words(cells.get("title", ""))),
         "author": _author(cells.get("author", "")),
-        "genre": _capitalized(genre.replace("-", " ")),
+        "genre": _capitalized(_words(genre.replace("-", " ").replace("_", " "))),
         "publisher": _words(cells.get("publisher", "")),
-        "publication_year": cells.get("original publication year") or cells.get("year published", ""),
-        "isbn": _unformula(cells.get("isbn13", "")) or _unformula(cells.get("isbn", "")),
+        "publication_year": Choices(cells.get("original publication year", ""), cells.get("year published", "")),
+        "isbn": Choices(_unformula(cells.get("isbn13", "")), _zeros(_unformula(cells.get("isbn", "")))),
     }
+
+
+def _zeros(isbn: str) -> str:
+    """An ISBN-10 that a spreadsheet read as a number, its leading zeros given back ("62645226" is
+    "0062645226"); the checksum still decides whether it is one."""
+    if 7 <= len(isbn) < 10 and isbn[:-1].isdigit() and (isbn[-1].isdigit() or isbn[-1] in "xX"):
+        return isbn.zfill(10)
+    return isbn
 
 
 def _unformula(value: str) -> str:
@@ -255,15 +297,27 @@ _YEAR = re.compile(r"\s*\[?\s*(?:c\.?\s*)?(\d{1,4})(?![\d])")
 
 def _librarything(cells: dict[str, str]) -> dict[str, Any]:
     tags = [_words(t) for t in cells.get("tags", "").split(",")]
-    genre = next((t for t in tags if t and _slug(t) not in READING_SHELVES), "")
+    genre = next((t for t in tags if t and is_subject(t)), "")
     return {
         "title": _words(cells.get("title", "")),
-        "author": _author(_first_last(cells.get("primary author", ""))),
+        "author": Choices(
+            _author(_first_last(cells.get("primary author", ""))),
+            *_editors(cells.get("secondary author", ""), cells.get("secondary author roles", "")),
+        ),
         "genre": _capitalized(genre),
         "publisher": _publisher(cells.get("publication", "")),
         "publication_year": _year(cells.get("date", "")),
         "isbn": _librarything_isbn(cells.get("isbn", ""), cells.get("isbns", "")),
     }
+
+
+_EDITOR = re.compile(r"edit|[ée]d\.|compil|herausg|hrsg|direct", re.IGNORECASE)
+
+
+def _editors(names: str, roles: str) -> list[str]:
+    """The secondary authors (``|``-separated, "Last, First") whose role is an editor's."""
+    pairs = zip(names.split("|"), [*roles.split("|"), *[""] * names.count("|")], strict=False)
+    return [_author(_first_last(name)) for name, role in pairs if name.strip() and _EDITOR.search(role)]
 
 
 def _first_last(name: str) -> str:
@@ -275,16 +329,13 @@ def _first_last(name: str) -> str:
     return " ".join(p for p in (first, last, *rest) if p)
 
 
-def _librarything_isbn(main: str, others: str) -> str:
-    written = [c for c in (_unbracket(c) for c in re.split(r"[,;|]", main)) if c]
-    candidates = written + [c for c in (_unbracket(c) for c in re.split(r"[,;|]", others)) if c]
-    for candidate in candidates:
-        try:
-            normalize_isbn(candidate)
-        except ValueError:
-            continue
-        return candidate
-    return written[0] if written else ""
+def _librarything_isbn(main: str, others: str) -> Choices:
+    """``ISBN``'s values, then each of ``ISBNs`` not already among them (the list repeats it)."""
+    values: list[str] = []
+    for value in (_unbracket(c) for c in re.split(r"[,;|]", f"{main},{others}")):
+        if value and value not in values:
+            values.append(value)
+    return Choices(*values)
 
 
 def _unbracket(value: str) -> str:
@@ -299,9 +350,12 @@ def _publisher(publication: str) -> str:
 
 
 def _year(date: str) -> str:
-    """The year a LibraryThing date starts with; the text as it is (reported then) when it has none."""
+    """The year a LibraryThing date starts with; none for a placeholder without digits ("date?",
+    "pas de date"); else the text as it is, to be reported."""
     match = _YEAR.match(date)
-    return match.group(1) if match else date.strip()
+    if match:
+        return match.group(1)
+    return date.strip() if any(c.isdigit() for c in date) else ""
 
 
 # -- shared --------------------------------------------------------------------------------------
@@ -310,8 +364,22 @@ _INITIALS = re.compile(r"\b([A-Z])\.(?=[A-Z]\b)")
 
 
 def _words(text: str) -> str:
-    """``text`` with its runs of spaces (exports have double ones) made one."""
+    """``text`` with its HTML entities decoded and its runs of spaces (exports have double ones)
+    made one."""
+    if "&" in text:
+        text = html.unescape(text)
     return " ".join(text.split())
+
+
+def is_subject(shelf: str) -> bool:
+    """Whether a shelf or tag names what a book is about (a genre), not a reading status, an
+    ownership, a format or a filing mark: none of its words is in :data:`NOT_SUBJECT_WORDS`."""
+    words = _plain(shelf).replace("-", " ").replace("_", " ").replace("'", " ").split()
+    return bool(words) and not any(w in NOT_SUBJECT_WORDS for w in words)
+
+
+def _plain(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c))
 
 
 def _author(name: str) -> str:
