@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from storage.jsonfile import item_lines
+from storage.files import item_lines
 
 Row = tuple[int, dict[str, Any]]
 

@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import atexit
 import bisect
-import json
 import logging
 import os
-import re
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -41,7 +38,7 @@ import orjson
 from filelock import FileLock, Timeout
 
 from storage import journal
-from storage.base import Change, Describe, Record, Records, Snapshot, Store, Table, Txn
+from storage.base import Change, Describe, Record, Snapshot, Store, Table, Txn
 from storage.errors import (
     CommitUnknownError,
     CorruptFileError,
@@ -50,22 +47,24 @@ from storage.errors import (
     StorageError,
     StoreUnavailableError,
 )
-from storage.journal import FileStat, stat_of
+from storage.files import (
+    HEAD_NAME,
+    JOURNAL_NAME,
+    LOCK_NAME,
+    RELOAD,
+    Checkpoint,
+    Validate,
+    _File,
+    _now,
+    _read_all,
+)
+from storage.journal import stat_of
+from storage.upkeep import Upkeep
 
 T = TypeVar("T")
 log = logging.getLogger("library_api.storage")
 
-RELOAD = "restarted by another process"
-JOURNAL_NAME = "journal.jsonl"
-HEAD_NAME = ".journal.head"
-LOCK_NAME = "library.lock"
 CHANGES_KEPT = 4096  # record changes kept in memory for callers that maintain their own indexes
-
-Validate = Callable[[str, Record], str | None]
-"""Checks one record of a collection: None when it is fine, else what is wrong (naming the field)."""
-
-Checkpoint = tuple[int, int, int, int]
-"""A collection file as a checkpoint wrote it: (inode, size, mtime_ns, the seq in its header)."""
 
 
 class _Pending:
@@ -87,25 +86,13 @@ class _Pending:
 
 
 @dataclass
-class _File:
-    """What this process knows of one collection file."""
-
-    expected: Checkpoint | None = None  # the last checkpoint recorded in the journal
-    previous: Checkpoint | None = None  # the one before (its rename may not have happened yet)
-    problem: str | None = None  # "missing" or "invalid" while writes to it are refused
-    error: StorageError | None = None
-    seen: FileStat | None = None  # the version judged invalid, not parsed again
-    dirty_since: int | None = None  # first seq not in the file yet
-
-
-@dataclass
 class _Health:
     journal_problem: str | None = None  # what is wrong with the journal, while writes wait
     problem_since: float = 0.0
     judged: tuple[int, int, str | None] | None = None  # (inode, size, verdict) of a file at its path
 
 
-class JsonStore(Store):
+class JsonStore(Upkeep, Store):
     """The collections of one data directory, kept as JSON files and a journal.
 
     :param directory: the data directory; created when missing.
@@ -610,21 +597,6 @@ class JsonStore(Store):
             self._since_checkpoint += len(commit.lines)
             self._last_write = time.monotonic()
 
-    def _note_files(self, commit: journal.Commit) -> None:
-        """Take in the checkpoints a commit line records: those files now hold every change up to it."""
-        for name, st in commit.files.items():
-            state = self._files.get(name)
-            if state is None or len(st) != 4:
-                continue
-            checkpoint = cast(Checkpoint, tuple(st))
-            if checkpoint != state.expected:
-                state.previous, state.expected = state.expected, checkpoint
-            # The file holds every change up to the seq in its header; later ones only the journal.
-            table = self._snap.tables.get(name)
-            state.dirty_since = None if table is None or checkpoint[3] >= table.seq else checkpoint[3] + 1
-            if not commit.lines:
-                self._since_checkpoint = 0
-
     def _remember_events(self, events: list[tuple[int, dict[str, Any] | None]]) -> None:
         """Keep public events for the feed, encoded once, and count the journal's changes."""
         for seq, event in events:
@@ -651,293 +623,7 @@ class JsonStore(Store):
 
     # -- a damaged journal ---------------------------------------------------------------------
 
-    def _note_journal_problem(self, problem: str) -> None:
-        if self._health.journal_problem != problem:
-            log.error(
-                "%s was %s under the running server; writes wait until it is repaired", self.journal_path, problem
-            )
-            self._health.journal_problem = problem
-            self._health.problem_since = time.monotonic()
-
-    def _recover_journal(self, problem: str) -> None:
-        """Start a new journal from this process's memory, after writing every collection into
-        a checkpoint. Only when this process holds every committed change (or nobody came forward
-        with them for a while). Lock and state mutex held.
-
-        :raises StoreUnavailableError: when another process may hold changes this one lacks.
-        """
-        if problem == "deleted" and self._jfd >= 0:
-            # The file is gone from the folder but still open here: read what it still holds.
-            with suppress(CorruptFileError, OSError):
-                data = _read_from(self._jfd, self._joffset)
-                parsed = journal.parse(data, self.journal_path, self._jline + 1, at_start=False)
-                for commit in parsed.commits:
-                    self._apply_commit(commit)
-                self._joffset += parsed.consumed
-        head = self._read_head()
-        waited = time.monotonic() - self._health.problem_since
-        if head > self._snap.seq and waited < 10:
-            raise StoreUnavailableError(
-                f"{self.journal_path} was {problem} under the running server; the worker that holds change "
-                f"{head} is repairing it (this one has {self._snap.seq}). Try again in a moment"
-            )
-        if head > self._snap.seq:
-            log.error(
-                "%s: changes %d to %d were only in the damaged journal and are lost",
-                self.journal_path,
-                self._snap.seq + 1,
-                head,
-            )
-        for name in self.collections:
-            state = self._files[name]
-            if state.problem == "invalid":
-                aside = self._paths[name].with_name(f"{self._paths[name].name}.rejected-{_stamp()}")
-                with suppress(OSError):
-                    os.replace(self._paths[name], aside)
-                    log.warning("%s: the invalid edit is kept as %s", self._paths[name], aside)
-        checkpoints = {name: self._write_checkpoint(name) for name in self.collections}
-        seq = self._snap.seq
-        header = journal.encode_header(seq)
-        journal.write_atomically(self.journal_path, [header, journal.encode_commit(seq, _now(), checkpoints)])
-        for name, checkpoint in checkpoints.items():
-            state = self._files[name]
-            state.previous, state.expected = state.expected, checkpoint
-            state.problem, state.error, state.seen, state.dirty_since = None, None, None, None
-        fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND)
-        data = _read_all(fd)
-        with suppress(OSError):
-            os.close(self._jfd)
-        self._changes_floor = seq
-        self._adopt_journal(fd, data, journal.parse(data, self.journal_path, 1, at_start=True))
-        self._since_checkpoint = 0
-        self._write_head(seq)
-        log.warning(
-            "%s was %s under the running server; every change up to seq %d was written into the collection "
-            "files and a new journal started (live clients reload)",
-            self.journal_path, problem, seq,
-        )  # fmt: skip
-        self._health.journal_problem = None
-
     # -- collection files ----------------------------------------------------------------------
-
-    def _needs_lock(self) -> bool:
-        """Whether :meth:`maintain` has anything to do that needs the lock."""
-        if self._health.journal_problem:
-            return True
-        for name, state in self._files.items():
-            if state.dirty_since is not None and not state.problem:
-                idle = time.monotonic() - self._last_write >= self._checkpoint_idle
-                if idle or self._since_checkpoint >= self._checkpoint_changes:
-                    return True
-            now = stat_of(self._paths[name])
-            if _known(now, state):
-                if state.problem:
-                    return True  # back as it was: writes to it may resume
-                continue
-            if state.problem == "missing" and now is None:
-                continue
-            if state.problem == "invalid" and now == state.seen:
-                continue
-            return True
-        return self._compaction_due()
-
-    def _check_files_locked(self) -> None:
-        """Notice missing files and take in edited ones (lock held, caught up)."""
-        for name, path in self._paths.items():
-            state = self._files[name]
-            now = stat_of(path)
-            if _known(now, state):
-                if state.problem:
-                    log.warning("%s is back as it was; writes to it resume", path)
-                state.problem, state.error, state.seen = None, None, None
-                if state.previous is not None and not _same(now, state.expected) and _same(now, state.previous):
-                    # The last checkpoint was recorded but its rename never happened (its writer
-                    # died): the file holds less than the journal says, so it is behind again.
-                    log.warning("%s: the last checkpoint was not put in place; it is written again", path)
-                    state.expected, state.previous = state.previous, None
-                    if state.expected[3] < self._snap.tables[name].seq:
-                        state.dirty_since = state.expected[3] + 1
-                continue
-            if now is None:
-                if state.problem != "missing":
-                    log.error("%s is missing; the server keeps what it holds and refuses changes to it", path)
-                state.problem, state.seen = "missing", None
-                state.error = StoreUnavailableError(
-                    f"{path} is missing; put it back (changes to it are refused until then)"
-                )
-                continue
-            if state.problem == "invalid" and now == state.seen:
-                continue
-            try:
-                self._take_in(name, now)
-            except CorruptFileError as exc:
-                if state.problem != "invalid" or state.seen != now:
-                    log.error("%s", exc)
-                state.problem, state.error, state.seen = "invalid", exc, now
-            else:
-                if state.problem:
-                    log.warning("%s can be read again; writes to it resume", path)
-                state.problem, state.error, state.seen = None, None, None
-
-    def _take_in(self, name: str, now: FileStat) -> None:
-        """A person saved a collection file: apply what they changed, relative to the version of the
-        file they opened, on top of the current state, and journal it like any change.
-
-        :raises CorruptFileError: when the file cannot be read, breaks the schema, or is older than
-            the journal reaches back.
-        """
-        path = self._paths[name]
-        edited, header_seq = self._parse_file(name)
-        current = self._snap.tables[name]
-        state = self._files[name]
-        base_seq = header_seq if header_seq is not None else current.seq
-        later = self._changed_after(name, base_seq)
-        if later is None:
-            raise CorruptFileError(
-                path, 1, None,
-                f'its "seq" ({base_seq}) is older than the journal reaches (seq {self._floor}), so the changes '
-                "made since then cannot be kept apart from the edit; make the edit on the current file, or delete "
-                'the "seq" from its first line to have it applied on top of the current state',
-            )  # fmt: skip
-        changes = []
-        for rid, record in edited.records.items():
-            if rid in later:
-                continue  # changed by a write the person did not see: that write stands
-            before = current.records.get(rid)
-            if before != record:
-                changes.append(Change(name, rid, before, record))
-        for rid, record in current.records.items():
-            if rid not in edited.records and rid not in later:
-                changes.append(Change(name, rid, record, None))
-        next_ids = {n: t.next_id for n, t in self._snap.tables.items()}
-        next_ids[name] = max(current.next_id, edited.next_id)
-        checkpoint = (*now, base_seq)
-        log.warning("%s was edited: %d record(s) changed", path, len(changes))
-        if changes or next_ids[name] != current.next_id:
-            self._commit(changes, next_ids, files={name: checkpoint})
-        else:
-            journal_line = journal.encode_commit(self._snap.seq, _now(), {name: checkpoint})
-            self._append_checkpoint_line(journal_line)
-        state.previous, state.expected = state.expected, checkpoint
-        # The file holds the person's version: the journal's later lines stay until a checkpoint.
-        if base_seq < self._snap.tables[name].seq:
-            state.dirty_since = base_seq + 1
-            self._last_write = 0.0  # checkpoint it at the next round
-        else:
-            state.dirty_since = None
-
-    def _changed_after(self, name: str, seq: int) -> set[int] | None:
-        """Ids of ``name`` that commits after ``seq`` changed (read from the journal), or None when
-        the journal no longer reaches back that far."""
-        if seq >= self._snap.tables[name].seq:
-            return set()
-        if seq < self._floor:
-            return None
-        data = _read_from(self._jfd, 0)[: self._joffset]
-        parsed = journal.parse(data, self.journal_path, 1, at_start=True)
-        return {
-            line["id"]
-            for commit in parsed.commits
-            for line in commit.lines
-            if line.get("collection") == name and line["seq"] > seq
-        }
-
-    def _parse_file(self, name: str) -> tuple[Table, int | None]:
-        """The collection file as a table, and the seq its header names (None when it has none).
-
-        :raises CorruptFileError: naming the line and field of the first problem.
-        """
-        path = self._paths[name]
-        data = path.read_bytes()
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise CorruptFileError(path, exc.lineno, exc.colno, f"not valid JSON ({exc.msg})") from None
-        header_seq, next_id = None, 1
-        if isinstance(doc, dict) and isinstance(doc.get(name), list):
-            items = doc[name]
-            header_seq = doc["seq"] if type(doc.get("seq")) is int else None
-            next_id = doc["next_id"] if type(doc.get("next_id")) is int else 1
-        elif isinstance(doc, list):
-            items = doc
-        else:
-            raise CorruptFileError(path, 1, 1, f'expected a list of records or an object with a "{name}" list')
-        pairs: list[tuple[int, Record]] = []
-        seen: set[int] = set()
-        for index, item in enumerate(items):
-            rid = item.get("id") if isinstance(item, dict) else None
-            problem = None
-            if not isinstance(item, dict):
-                problem = f"record {index + 1} is not an object"
-            elif type(rid) is not int or rid < 1:
-                problem = f'record {index + 1}: "id" must be a positive whole number'
-            elif rid in seen:
-                problem = f'record {index + 1}: "id" {rid} is used by two records'
-            elif self._validate is not None:
-                found = self._validate(name, item)
-                if found:
-                    problem = f"record {index + 1} (id {rid}): {found}"
-            if problem:
-                lines = item_lines(data.decode("utf-8", "replace"), name if isinstance(doc, dict) else None)
-                raise CorruptFileError(path, lines[index] if index < len(lines) else None, None, problem)
-            seen.add(rid)
-            pairs.append((rid, item))
-        records = Records.from_items(pairs)
-        next_id = max(next_id, records.last_id() + 1)
-        return Table(name, records, next_id, header_seq or 0), header_seq
-
-    def _checkpoint_locked(self, force: bool = False) -> None:
-        """Write the collection files that lag the journal (when due, or all with ``force``)."""
-        idle = time.monotonic() - self._last_write >= self._checkpoint_idle
-        if not (force or idle or self._since_checkpoint >= self._checkpoint_changes):
-            return
-        names = [n for n, s in self._files.items() if s.dirty_since is not None and not s.problem]
-        if not names:
-            return
-        temps = {name: self._write_temp(name) for name in names}
-        checkpoints = {name: checkpoint for name, (_, checkpoint) in temps.items()}
-        try:
-            # Recorded before the renames: whichever file a crash leaves in place is known.
-            self._append_checkpoint_line(journal.encode_commit(self._snap.seq, _now(), checkpoints))
-        except BaseException:
-            for tmp, _ in temps.values():
-                tmp.unlink(missing_ok=True)
-            raise
-        for name, (tmp, checkpoint) in temps.items():
-            os.replace(tmp, self._paths[name])
-            state = self._files[name]
-            state.previous, state.expected = state.expected, checkpoint
-            state.dirty_since = None
-        journal.fsync_dir(self.directory)
-        self._since_checkpoint = 0
-
-    def _write_checkpoint(self, name: str) -> Checkpoint:
-        tmp, checkpoint = self._write_temp(name)
-        os.replace(tmp, self._paths[name])
-        journal.fsync_dir(self.directory)
-        return checkpoint
-
-    def _write_temp(self, name: str) -> tuple[Path, Checkpoint]:
-        table = self._snap.tables[name]
-        path = self._paths[name]
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            for chunk in _encode_table(table):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            st = os.fstat(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        return tmp, (st.st_ino, st.st_size, st.st_mtime_ns, table.seq)
-
-    def _append_checkpoint_line(self, line: bytes) -> None:
-        self._append_locked(line, 1)
 
     def _append_locked(self, payload: bytes, lines: int, publish: Callable[[], None] | None = None) -> None:
         """Append ``payload`` (``lines`` lines) to the journal, then make it current with
@@ -971,51 +657,6 @@ class JsonStore(Store):
 
     # -- compaction ------------------------------------------------------------------------------
 
-    def _compaction_due(self) -> bool:
-        return len(self._line_seqs) > 2 * self._journal_keep
-
-    def _compact_if_due(self) -> None:
-        """Drop the oldest changes from the journal, keeping ``journal_keep`` and every change a
-        collection file does not hold yet. Lock held, caught up, checkpoints written."""
-        if not self._compaction_due():
-            return
-        floor = self._line_seqs[-self._journal_keep - 1]
-        for name, state in self._files.items():
-            if state.dirty_since is not None:
-                floor = min(floor, state.dirty_since - 1)
-            # Never past what the file actually on disk holds, whatever the journal recorded.
-            now = stat_of(self._paths[name])
-            held = next((c[3] for c in (state.expected, state.previous) if _same(now, c)), None)
-            if held is None and state.expected is not None:
-                held = min(state.expected[3], state.previous[3] if state.previous else state.expected[3])
-            if held is not None and held < self._snap.tables[name].seq:
-                floor = min(floor, held)
-        if floor <= self._floor:
-            return
-        data = _read_from(self._jfd, 0)[: self._joffset]
-        parsed = journal.parse(data, self.journal_path, 1, at_start=True)
-        del data
-        chunks = [journal.encode_header(floor, self._lineage)]
-        for commit in parsed.commits:
-            kept = [line for line in commit.lines if line["seq"] > floor]
-            if kept:
-                chunks.extend(orjson.dumps(line) + b"\n" for line in kept)
-                chunks.append(journal.encode_commit(commit.seq, _now(), commit.files))
-        files = {n: s.expected for n, s in self._files.items() if s.expected is not None}
-        chunks.append(journal.encode_commit(self._snap.seq, _now(), files))
-        del parsed
-        journal.write_atomically(self.journal_path, chunks)
-        fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND)
-        data = _read_all(fd)
-        with self._state:
-            old_fd = self._jfd
-            seqs = self._snap.seq
-            self._adopt_journal(fd, data, journal.parse(data, self.journal_path, 1, at_start=True))
-            self._changes_floor = seqs
-        with suppress(OSError):
-            os.close(old_fd)
-        log.info("%s: compacted to the changes after seq %d", self.journal_path, floor)
-
     # -- opening ---------------------------------------------------------------------------------
 
     @contextmanager
@@ -1029,156 +670,6 @@ class JsonStore(Store):
             yield
         finally:
             self._filelock.release()
-
-    def _open_locked(self, initial: Callable[[Txn], Any] | None = None) -> None:
-        """Build every bit of state from disk, repairing what a crash left. Lock held."""
-        with self._state:
-            self._open_state(initial is not None)
-        if self._fresh_directory and initial is not None:
-            txn = Txn(self._snap)
-            initial(txn)
-            changes = txn.changes()
-            if changes:
-                self._commit(changes, {name: txn.next_id(name) for name in self.collections})
-                self._checkpoint_locked(force=True)
-
-    def _open_state(self, may_fill: bool) -> None:
-        existing = {name: stat_of(path) for name, path in self._paths.items()}
-        data = b""
-        restart_reason = None
-        if self.journal_path.exists():
-            data = self.journal_path.read_bytes()
-        try:
-            parsed = journal.parse(data, self.journal_path, 1, at_start=True)
-        except CorruptFileError as exc:
-            aside = self.journal_path.with_name(f"{JOURNAL_NAME}.damaged-{_stamp()}")
-            os.replace(self.journal_path, aside)
-            log.error("%s; it was moved to %s and a new journal starts from the collection files", exc, aside)
-            restart_reason = "damaged"
-            parsed = journal.ParsedJournal(floor=None)
-            data = b""
-        if parsed.consumed < len(data):
-            log.warning("%s: cutting off an interrupted write at its end", self.journal_path)
-            os.truncate(self.journal_path, parsed.consumed)
-        if parsed.floor is None and data == b"" and self.journal_path.exists() and restart_reason is None:
-            restart_reason = "empty"
-        self._fresh_directory = parsed.floor is None and restart_reason is None and not any(existing.values())
-        floor = parsed.floor or 0
-        seq = max([floor, *(c.seq for c in parsed.commits)])
-        recorded: dict[str, list[Checkpoint]] = {}
-        for commit in parsed.commits:
-            for name, st in commit.files.items():
-                if name in self._paths:
-                    recorded.setdefault(name, []).append(cast(Checkpoint, tuple(st)))
-        lines_by_name: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-        for commit in parsed.commits:
-            for line in commit.lines:
-                lines_by_name.setdefault(line.get("collection"), []).append((commit.seq, line))
-        tables: dict[str, Table] = {}
-        dirty: set[str] = set()
-        edited: list[str] = []
-        for name, path in self._paths.items():
-            known = recorded.get(name, [])
-            lines = lines_by_name.get(name, [])
-            if existing[name] is None:
-                if known and parsed.floor is not None:
-                    raise CorruptFileError(
-                        path, None, None,
-                        "is missing, though the journal says it was written; put it back (or restore a backup)",
-                    )  # fmt: skip
-                table = Table(name, Records(), 1, 0)
-                header_seq: int | None = 0
-            else:
-                table, header_seq = self._parse_file(name)
-            if header_seq is None:
-                header_seq = known[-1][3] if known and len(known[-1]) == 4 else table.seq
-            is_known = any(_same(existing[name], k) for k in known[-2:])
-            if existing[name] is not None and known and not is_known:
-                edited.append(name)
-            elif existing[name] is not None and not known and parsed.floor is not None and parsed.commits:
-                edited.append(name)  # a file the journal never wrote appeared
-            newest = known[-1][3] if known and len(known[-1]) == 4 else None
-            if name in edited and header_seq < floor and (newest is None or header_seq < newest):
-                raise CorruptFileError(
-                    path, 1, None,
-                    f'its "seq" ({header_seq}) is older than the journal reaches (seq {floor}); changes made since '
-                    'then would be lost. Put back the current file, or delete the "seq" from its first line to '
-                    "have it applied on top of the journal",
-                )  # fmt: skip
-            later = [(cseq, ln) for cseq, ln in lines if ln["seq"] > header_seq]
-            if later:
-                entries = [(ln["id"], None if ln.get("op") == "delete" else ln["record"]) for _, ln in later]
-                table = table.with_changes(entries, max(cseq for cseq, _ in later))
-                dirty.add(name)
-            tables[name] = table
-            seq = max(seq, table.seq)
-        restart = restart_reason is not None or bool(edited)
-        if edited:
-            # Changed while no server watched: what changed is unknown, so the journal starts again
-            # after a new seq and clients that were following it are told to reload.
-            seq += 1
-            log.warning(
-                "%s: %s changed while the server was stopped; the journal starts again",
-                self.directory,
-                ", ".join(edited),
-            )
-            tables = {n: Table(n, t.records, t.next_id, seq) for n, t in tables.items()}
-            dirty = set(self.collections)
-        elif restart_reason == "empty":
-            log.warning("%s was empty; a new journal starts from the collection files", self.journal_path)
-        self._snap = Snapshot(seq, tables)
-        self._floor = floor
-        self._changes_floor = seq
-        self._change_seqs: list[int] = []
-        self._change_list: list[Change] = []
-        self._since_checkpoint = 0
-        self._last_write = 0.0
-        for name in self.collections:
-            state = self._files[name]
-            known = recorded.get(name, [])
-            state.previous = known[-2] if len(known) > 1 and len(known[-2]) == 4 else None
-            state.expected = known[-1] if known and len(known[-1]) == 4 else None
-            if existing[name] is not None and state.expected is None and not restart:
-                # A file the journal has no checkpoint of (a new directory, or an older version's
-                # journal): its identity is recorded by the checkpoint below.
-                dirty.add(name)
-            state.problem, state.error, state.seen, state.dirty_since = None, None, None, None
-        checkpoints: dict[str, Checkpoint] = {}
-        for name in sorted(dirty):
-            if existing[name] is not None or tables[name].records or restart:
-                checkpoints[name] = self._write_checkpoint(name)
-        self._remove_orphans()
-        if parsed.floor is None or restart:
-            header = journal.encode_header(seq)
-            journal.write_atomically(self.journal_path, [header, journal.encode_commit(seq, _now(), checkpoints)])
-        elif checkpoints:
-            journal.append(self.journal_path, journal.encode_commit(seq, _now(), checkpoints))
-        for name, checkpoint in checkpoints.items():
-            state = self._files[name]
-            state.previous, state.expected = state.expected, checkpoint
-        fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND)
-        if self._jfd >= 0:
-            with suppress(OSError):
-                os.close(self._jfd)
-        self._jfd = fd
-        data = _read_all(fd)
-        parsed = journal.parse(data, self.journal_path, 1, at_start=True)
-        self._reset_events(parsed.floor or 0)
-        self._lineage = parsed.lineage
-        for commit in parsed.commits:
-            self._remember_events([(ln["seq"], ln.get("event")) for ln in commit.lines])
-        st = os.fstat(fd)
-        self._jino = st.st_ino
-        self._joffset = parsed.consumed
-        self._jline = parsed.lines
-        self._jheader = data[: data.find(b"\n") + 1]
-        self._health.journal_problem = None
-        self._write_head(seq)
-
-    def _remove_orphans(self) -> None:
-        for tmp in self.directory.glob(".*.tmp"):
-            log.info("removing %s, left by an interrupted write", tmp)
-            tmp.unlink(missing_ok=True)
 
     # -- the head hint -----------------------------------------------------------------------------
 
@@ -1199,82 +690,3 @@ class JsonStore(Store):
             return int(self._head_path.read_bytes()[:20] or 0)
         except (OSError, ValueError):
             return 0
-
-
-def _known(now: FileStat | None, state: _File) -> bool:
-    """Whether the file at a collection's path is one the journal recorded (or, before the first
-    checkpoint, still absent)."""
-    if state.expected is None:
-        return now is None
-    return _same(now, state.expected) or _same(now, state.previous)
-
-
-def _same(now: FileStat | None, checkpoint: Checkpoint | tuple[int, ...] | None) -> bool:
-    return now is not None and checkpoint is not None and tuple(checkpoint[:3]) == now
-
-
-def _read_all(fd: int) -> bytes:
-    return _read_from(fd, 0)
-
-
-def _read_from(fd: int, offset: int) -> bytes:
-    chunks = []
-    while True:
-        chunk = os.pread(fd, 1 << 20, offset)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        offset += len(chunk)
-
-
-def _encode_table(table: Table) -> Iterator[bytes]:
-    """The collection file: a small header, then one record per line, in id order."""
-    name = json.dumps(table.name)
-    yield f'{{"seq": {table.seq}, "next_id": {table.next_id}, {name}: ['.encode()
-    batch: list[bytes] = []
-    first = True
-    for record in table.records.values():
-        batch.append(orjson.dumps(record))
-        if len(batch) >= 1024:
-            yield (b"\n" if first else b",\n") + b",\n".join(batch)
-            batch, first = [], False
-    if batch:
-        yield (b"\n" if first else b",\n") + b",\n".join(batch)
-    yield b"\n]}\n"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _stamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-_ARRAY_GAP = re.compile(r"[\s,]*")
-
-
-def item_lines(text: str, key: str | None) -> list[int]:
-    """The 1-based line on which each item of a JSON array starts: the top-level array when ``key``
-    is None, else the array under ``"key"``. Used to point at a bad record."""
-    if key is None:
-        start = text.find("[")
-    else:
-        match = re.search(rf'"{re.escape(key)}"\s*:\s*\[', text)
-        start = match.end() - 1 if match else -1
-    if start < 0:
-        return []
-    decoder = json.JSONDecoder()
-    lines: list[int] = []
-    line, counted, pos = 1, 0, start + 1
-    while True:
-        pos = _ARRAY_GAP.match(text, pos).end()  # type: ignore[union-attr]
-        if pos >= len(text) or text[pos] == "]":
-            return lines
-        line += text.count("\n", counted, pos)
-        counted = pos
-        lines.append(line)
-        try:
-            _, pos = decoder.raw_decode(text, pos)
-        except ValueError:
-            return lines
