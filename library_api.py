@@ -18,8 +18,19 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from library import auth, catalogue, circulation, live, loader, operations, readcache, records, uploads
-from library.catalogue import CatalogueView, WriterIndex
+from library import (
+    auth,
+    catalogue,
+    circulation,
+    live,
+    loader,
+    operations,
+    readcache,
+    readmodel,
+    records,
+    uploads,
+)
+from library.catalogue import WriterIndex
 from library.commands import (
     backup_command,
     create_admin_command,
@@ -31,6 +42,7 @@ from library.commands import (
 )
 from library.context import MAX_JSON_BYTES
 from library.importer import _import_fields
+from library.readmodel import CatalogueView
 from library.records import COLLECTIONS
 from library.web import register_blueprints
 from library.web.books import file_name
@@ -226,7 +238,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         lambda: CatalogueView.of(library_store.snapshot(), library_store).version,
         max_entries=10_000,
         max_bytes=int(float(app.config["READ_CACHE_MB"]) * 1024 * 1024),
-        direct=lambda path: catalogue.answer_book(library_store, path),
+        direct=lambda path: readmodel.answer_book(library_store, path),
     )
     app.cli.add_command(load_books_command)
     app.cli.add_command(remove_sample_command)

@@ -103,8 +103,9 @@ def build_data(directory: Path, size: int) -> None:
 
 
 def measure(size: int) -> dict[str, Any]:
-    from library import catalogue, circulation
-    from library.catalogue import BookQuery, CatalogueView
+    from library import books, catalogue, circulation
+    from library.catalogue import BookQuery
+    from library.readmodel import CatalogueView
     from library_api import create_app
 
     tmp = tempfile.TemporaryDirectory(prefix="catalogue-bench-")
@@ -179,7 +180,7 @@ def measure(size: int) -> dict[str, Any]:
 
         def retitle(txn: Any) -> Any:
             book = txn.get("books", book_id)
-            return txn.put("books", {**book, "title": f"Renamed {i} {book['title']}", "updated_at": catalogue.utcnow()})
+            return txn.put("books", {**book, "title": f"Renamed {i} {book['title']}", "updated_at": books.utcnow()})
 
         store.update(retitle)
 

@@ -13,7 +13,8 @@ from typing import Any
 from flask import current_app
 
 from library import catalogue, circulation, members
-from library.catalogue import CatalogueView, WriterIndex
+from library.catalogue import WriterIndex
+from library.readmodel import CatalogueView
 from storage import (
     JsonStore,
 )

@@ -9,7 +9,7 @@ from typing import Any
 
 from marshmallow import ValidationError
 
-from library import catalogue, loader
+from library import books, catalogue, loader
 from library.context import (
     write_books,
     writer_index,
@@ -44,7 +44,7 @@ def import_rows(
         "created": 0, "updated": 0, "unchanged": 0, "merged": 0, "warnings": 0,
         "lines": [], "unchanged_lines": [], "skipped": [],
     }  # fmt: skip
-    moment, index = catalogue.utcnow(), writer_index()
+    moment, index = books.utcnow(), writer_index()
     earlier: dict[int, int] = {}  # book id: the first line of this file that was that book
 
     def note(line: int, text: str) -> None:
@@ -158,7 +158,7 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> str:
     """The fields that differ, with their old and new values: 'genre None → "Fantasy"'."""
     return ", ".join(
         f"{field} {_clip(repr(before.get(field)), 40)} → {_clip(repr(after.get(field)), 40)}"
-        for field in catalogue.BOOK_FIELDS
+        for field in books.BOOK_FIELDS
         if before.get(field) != after.get(field)
     )
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates
 
-from library.catalogue import SORT_FIELDS, STATUSES, normalize_isbn
+from library.books import SORT_FIELDS, STATUSES, normalize_isbn
 from library.members import ROLES
 from library.members import SORT_FIELDS as MEMBER_SORT_FIELDS
 

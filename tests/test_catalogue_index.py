@@ -11,8 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from library import catalogue
-from library.catalogue import BookQuery, CatalogueView, catalogue_version, fold
+from library import catalogue, search
+from library.books import fold, public_book
+from library.catalogue import BookQuery
+from library.readmodel import CatalogueView, catalogue_version
 from library.records import COLLECTIONS
 from storage import JsonStore
 
@@ -99,7 +101,7 @@ def expected(snap: Any, query: BookQuery) -> dict[str, Any]:
             continue
         if query.status is not None and status[0] != query.status:
             continue
-        chosen.append(catalogue.public_book(book, *status))
+        chosen.append(public_book(book, *status))
     field = query.sort_by.lstrip("-")
 
     def value(book: dict[str, Any]) -> Any:
@@ -224,7 +226,7 @@ def test_views_derived_change_by_change_answer_as_computed_from_scratch(
 )
 def test_the_search_index_finds_exactly_the_books_that_contain_every_word(books, words, edits) -> None:
     records = {i + 1: {"id": i + 1, "title": t, "author": a, "isbn": n} for i, (t, a, n) in enumerate(books)}
-    index = catalogue.SearchIndex.build(records).with_digits(records)
+    index = search.SearchIndex.build(records).with_digits(records)
     changes = []
     for n, title, isbn in edits:
         if records:
@@ -235,12 +237,12 @@ def test_the_search_index_finds_exactly_the_books_that_contain_every_word(books,
     index = index.patched(changes)
     query = " ".join(words)
     want = {bid for bid, book in records.items() if matches_q(book, query)}
-    folded = [w for w in (catalogue._search_word(w) for w in query.split()) if w]
+    folded = [w for w in (search._search_word(w) for w in query.split()) if w]
     got = set(records)
     for word in folded:
         got &= index.find(word, records)
     assert got == want
-    assert index.patched([]).find("a", records) == catalogue.SearchIndex.build(records).with_digits(records).find(
+    assert index.patched([]).find("a", records) == search.SearchIndex.build(records).with_digits(records).find(
         "a", records
     )
 

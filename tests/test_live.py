@@ -18,13 +18,13 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from library import catalogue
+from library import books, catalogue
 from library.records import COLLECTIONS
 from storage import JsonStore
 from tests.conftest import BOOK, TEST_SECRET, assert_problem, client_as
 from tests.servers import get_json, gunicorn_server, librarian, running
 
-PUBLIC_BOOK_FIELDS = set(catalogue.PUBLIC_ORDER)
+PUBLIC_BOOK_FIELDS = set(books.PUBLIC_ORDER)
 
 
 def post_book(port: int, title: str) -> dict[str, Any]:

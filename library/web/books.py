@@ -14,7 +14,7 @@ from werkzeug.exceptions import (
     UnsupportedMediaType,
 )
 
-from library import catalogue, members, readcache, uploads
+from library import books, catalogue, members, readcache, uploads
 from library.catalogue import BookQuery
 from library.context import (
     UPLOAD_OVERHEAD,
@@ -51,9 +51,9 @@ log = logging.getLogger("library_api")
 def book_response(book: dict[str, Any], status: int = 200, **headers: str) -> Response:
     """The answer to a write: the record as this request stored it (even if another request has
     changed or deleted it since), with its status now."""
-    body = orjson.dumps(catalogue.public_book(book, *view().status(book["id"])))
+    body = orjson.dumps(books.public_book(book, *view().status(book["id"])))
     response = json_response(body, status, **headers)
-    response.headers["ETag"] = catalogue.etag_of(body)
+    response.headers["ETag"] = books.etag_of(body)
     return response
 
 
@@ -73,7 +73,7 @@ def create_book() -> Response:
     """Add a book, or update the one with the same ISBN or title, author and year (200)."""
     actor = signed_in("librarian")
     data = book_schema.load(json_body())
-    index, moment = writer_index(), catalogue.utcnow()
+    index, moment = writer_index(), books.utcnow()
     book, outcome = write_books(lambda txn: catalogue.upsert_book(txn, index, data, moment), actor)
     if outcome == "created":
         return book_response(book, 201, Location=url_for("books.get_book", book_id=book["id"]))
@@ -97,7 +97,7 @@ def replace_book(book_id: int) -> Response:
     """Replace a book: fields left out are cleared."""
     actor = signed_in("librarian")
     data = book_schema.load(json_body())
-    index, moment, condition = writer_index(), catalogue.utcnow(), if_match()
+    index, moment, condition = writer_index(), books.utcnow(), if_match()
     book = write_books(lambda txn: catalogue.replace_book(txn, index, book_id, data, moment, condition), actor)
     return book_response(book)
 
@@ -108,7 +108,7 @@ def update_book(book_id: int) -> Response:
     """Change some fields of a book."""
     actor = signed_in("librarian")
     data = book_patch_schema.load(json_body())
-    index, moment, condition = writer_index(), catalogue.utcnow(), if_match()
+    index, moment, condition = writer_index(), books.utcnow(), if_match()
     book = write_books(lambda txn: catalogue.patch_book(txn, index, book_id, data, moment, condition), actor)
     return book_response(book)
 
@@ -197,7 +197,7 @@ def attach_file(book_id: int, purpose: str) -> Response:
         name, _, _ = uploads.save(upload.stream, purpose, limit)
     except uploads.UploadError as exc:
         return problem(exc.status, str(exc))
-    field, url, moment = f"{purpose}_url", f"/uploads/{name}", catalogue.utcnow()
+    field, url, moment = f"{purpose}_url", f"/uploads/{name}", books.utcnow()
 
     refused = False
 

@@ -20,7 +20,7 @@ from werkzeug.exceptions import (
 )
 from werkzeug.routing import BaseConverter
 
-from library import auth, catalogue, members, uploads
+from library import auth, books, members, uploads
 from library.context import (
     data_dir,
     store,
@@ -100,7 +100,7 @@ def conditional(body: bytes, etag: str) -> Response:
 def private(body: bytes) -> Response:
     """A signed-in reader's answer: an ETag of its bytes (304 when the client has them), not to
     be kept by shared caches."""
-    response = conditional(body, catalogue.etag_of(body))
+    response = conditional(body, books.etag_of(body))
     response.headers["Cache-Control"] = "private, no-cache"
     return response
 

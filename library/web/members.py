@@ -13,7 +13,7 @@ from werkzeug.exceptions import (
     NotFound,
 )
 
-from library import auth, catalogue, circulation, members
+from library import auth, books, circulation, members
 from library.context import (
     now,
     rules,
@@ -186,7 +186,7 @@ def member_response(record: dict[str, Any], status: int = 200, **headers: str) -
     """The answer to a write: the member as this request stored them."""
     body = orjson.dumps(member_listing(store().snapshot(), record))
     response = json_response(body, status, **headers)
-    response.headers["ETag"] = catalogue.etag_of(body)
+    response.headers["ETag"] = books.etag_of(body)
     return response
 
 
@@ -202,5 +202,5 @@ def check_member_etag(txn: Any, member_id: int, condition: Any, moment: datetime
         return  # the change itself answers 404
     owed = circulation.member_fines(txn, member_id, moment, lending)
     body = orjson.dumps(members.listing_in(txn, record, circulation.money(owed)))
-    if not condition.contains(catalogue.etag_of(body).strip('"')):
+    if not condition.contains(books.etag_of(body).strip('"')):
         raise PreconditionFailedError("The member changed since they were read (If-Match does not match)")
