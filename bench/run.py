@@ -68,7 +68,7 @@ DRAIN_TIMEOUT = 300.0
 # A server that completes fewer requests than this in a run is measured in that one run only: more
 # runs would add little but the drain of its backlog (seconds per request), and the time of a run.
 SLOW_RUN_REQUESTS = 16
-WARMUP = "2s"  # of each write scenario, unmeasured, before its runs
+WARMUP = 2  # seconds of each write scenario, unmeasured, before its runs
 STOP_TIMEOUT = 15.0
 MAX_RUNS = 70  # create.lua gives each run its own block of ISBNs; it has room for 70
 CREATED_AT = "2026-01-01T00:00:00Z"
