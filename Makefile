@@ -2,10 +2,14 @@
 VENV ?= .venv
 PY = $(VENV)/bin/python
 
-.PHONY: install run serve test bench lint format
+.PHONY: install install-dev run serve test bench lint format
 install:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -r requirements.txt
+
+install-dev:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -r requirements-dev.txt
 
 run: ## the development server on http://127.0.0.1:5000
 	$(VENV)/bin/flask --app library_api run
@@ -13,7 +17,7 @@ run: ## the development server on http://127.0.0.1:5000
 serve: ## gunicorn as the Procfile runs it
 	$(VENV)/bin/gunicorn --config gunicorn.conf.py "library_api:create_app()"
 
-test:
+test: install-dev
 	$(PY) -m pytest
 
 bench: ## needs wrk (apt install wrk)

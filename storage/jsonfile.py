@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import contextvars
 import logging
 import os
 import threading
@@ -184,6 +185,11 @@ class JsonStore(Upkeep, Store):
         return self._snap
 
     @property
+    def waiting_writes(self) -> int:
+        """How many updates of this process wait to be committed (the next group commit's size)."""
+        return len(self._queue)
+
+    @property
     def seq(self) -> int:
         """The sequence number of the last committed change."""
         return self.snapshot().seq
@@ -341,7 +347,10 @@ class JsonStore(Upkeep, Store):
                 for item in batch:
                     child = base.child()
                     try:
-                        item.value = item.updater(child)
+                        # In a context of its own: an updater may run on another request's thread
+                        # (or the background one), so it gets its arguments and nothing ambient
+                        # (a web framework's request or app proxies fail loudly in it).
+                        item.value = contextvars.Context().run(item.updater, child)
                         self._refuse_unwritable(child)
                     except BaseException as exc:  # the updater's own failure: only it is refused
                         item.error = exc

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,15 +23,35 @@ try:
 except ImportError:  # reported by missing_requirements, as a failure
     sync_playwright = None
 
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_chromium() -> Path | None:
+    """The browser to drive: ``LIBRARY_TEST_CHROMIUM`` when set, else the first Chromium on PATH,
+    else Debian's package's path."""
+    configured = os.environ.get("LIBRARY_TEST_CHROMIUM")
+    if configured:
+        return Path(configured)
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    debian = Path("/usr/bin/chromium")
+    return debian if debian.exists() else None
+
+
+CHROMIUM = find_chromium()
 
 
 def missing_requirements() -> str | None:
     if sync_playwright is None:
-        return "the playwright package is not installed: pip install -r requirements.txt"
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does this)"
+        return "the playwright package is not installed: pip install -r requirements-dev.txt"
+    if CHROMIUM is None or not CHROMIUM.exists():
+        return (
+            "no Chromium found (looked at LIBRARY_TEST_CHROMIUM, then chromium on PATH, then /usr/bin/chromium): "
+            "install it (Debian: apt-get install chromium; .ci/run does this) or point LIBRARY_TEST_CHROMIUM at one"
+        )
     return None
 
 

@@ -480,11 +480,11 @@ def test_writes_committed_by_the_housekeeper_keep_their_own_request(app, anon, d
         threading.Thread(target=lambda n=n, c=c: statuses.__setitem__(n, c().status_code)) for n, c in calls.items()
     ]
     store = app.extensions["library_store"]
-    with store._commit_mutex:  # the writes queue up behind this thread, which then leads their commit
+    with store.exclusive():  # the writes queue up behind this thread, which then leads their commit
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 10
-        while len(store._queue) < len(calls):
+        while store.waiting_writes < len(calls):
             assert time.monotonic() < deadline, "the writes did not queue"
             time.sleep(0.001)
         assert app.extensions["library_housekeeper"].run_once() == 1

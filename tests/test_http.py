@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+import flask
 import pytest
 
 from tests.conftest import BOOK, assert_problem, client_as
@@ -263,10 +264,10 @@ def test_concurrent_puts_with_one_etag_let_exactly_one_through(app, client, book
         statuses.append(client.put(f"/books/{book['id']}", json=body, headers={"If-Match": etag}).status_code)
 
     threads = [threading.Thread(target=save, args=(n,)) for n in range(8)]
-    with store._commit_mutex:  # no commit can start until every save is queued
+    with store.exclusive():  # no commit can start until every save is queued
         for thread in threads:
             thread.start()
-        wait_until(lambda: len(store._queue) == 8)
+        wait_until(lambda: store.waiting_writes == 8)
     for thread in threads:
         thread.join()
     assert sorted(statuses) == [200] + [412] * 7
@@ -290,3 +291,15 @@ def test_bugs_the_fuzzer_found_stay_fixed(client, book):
     member = client.post("/members", json={"email": "m@example.org", "first_name": "M", "last_name": "N"})
     payment = client.post(f"/members/{member.get_json()['id']}/payments", json={"amount": 1e26})
     assert "amount" in assert_problem(payment, 422)["errors"]
+
+
+def test_an_updater_that_reads_the_request_fails_loudly(app):
+    """Group commit may run an updater on another request's thread: it must not see any request
+    (nor the app), so one that tries fails instead of reading another request's values."""
+    store = app.extensions["library_store"]
+    with app.test_request_context("/books", headers={"X-Who": "this request"}):
+        assert flask.request.headers["X-Who"] == "this request"
+        with pytest.raises(RuntimeError, match="outside of request context"):
+            store.update(lambda txn: flask.request.headers.get("X-Who"))
+        with pytest.raises(RuntimeError, match="outside of application context"):
+            store.update(lambda txn: flask.current_app.config["SECRET_KEY"])

@@ -357,11 +357,11 @@ def test_updaters_committed_together_see_each_others_changes(tmp_path):
 
     results = []
     threads = [threading.Thread(target=lambda: results.append(store.update(insert_once))) for _ in range(8)]
-    with store._commit_mutex:
+    with store.exclusive():
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 10
-        while len(store._queue) < 8:
+        while store.waiting_writes < 8:
             assert time.monotonic() < deadline
             time.sleep(0.001)
     for thread in threads:
