@@ -22,6 +22,7 @@ from typing import Any
 import argon2
 import jwt
 
+from library.errors import LockedOut
 from storage import Txn
 
 ALGORITHM = "HS256"
@@ -168,17 +169,6 @@ def read_token(secret: bytes, token: str) -> Claims:
 
 
 # -- the lockout -----------------------------------------------------------------------------------
-
-
-class LockedOut(Exception):
-    """Too many failed sign-ins for one email; ``retry_after`` is in seconds."""
-
-    def __init__(self, retry_after: int) -> None:
-        minutes = max(1, -(-retry_after // 60))
-        super().__init__(
-            f"Too many failed sign-ins for this email; try again in {minutes} minute{'s' if minutes > 1 else ''}"
-        )
-        self.retry_after = retry_after
 
 
 def email_key(secret: bytes, email: str) -> str:

@@ -27,7 +27,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from library.members import PermissionDenied, at_least
+from library.errors import PermissionDenied
+from library.members import at_least
 from storage import ConflictError, Snapshot, Txn
 
 log = logging.getLogger("library_api")

@@ -14,6 +14,7 @@ from flask import current_app
 
 from library import catalogue, circulation, members
 from library.catalogue import WriterIndex
+from library.errors import PermissionDenied
 from library.readmodel import CatalogueView
 from storage import (
     JsonStore,
@@ -52,7 +53,7 @@ def write_books(updater: Callable[..., Any], actor: dict[str, Any] | None = None
         if actor is not None:
             current = members.actor_in(txn, actor["id"])
             if current.get("token_version", 0) != actor.get("token_version", 0):
-                raise members.PermissionDenied("Your role changed; sign in again")
+                raise PermissionDenied("Your role changed; sign in again")
         return updater(txn)
 
     return catalogue.with_index(store(), writer_index(), run)

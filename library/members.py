@@ -15,16 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from library.errors import PermissionDenied
 from storage import ConflictError, Snapshot, Txn
 
 ROLES = ("member", "librarian", "admin")
 """Each role can do all that the one before it can."""
 PUBLIC_FIELDS = ("id", "email", "first_name", "last_name", "role", "created_at", "updated_at")
 SORT_FIELDS = ("id", "email", "first_name", "last_name", "role", "created_at")
-
-
-class PermissionDenied(Exception):
-    """The signed-in member's role does not allow this (HTTP 403)."""
 
 
 def rank(role: str) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from library.errors import UploadError
 from storage.journal import fsync_dir
 
 log = logging.getLogger("library_api")
@@ -84,14 +85,6 @@ def sniff(head: bytes) -> Kind | None:
     return None
 
 
-class UploadError(Exception):
-    """A file refused; ``status`` is the HTTP status that says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def folder(data_dir: Path) -> Path:
     path = data_dir / FOLDER
     path.mkdir(exist_ok=True)
@@ -119,9 +112,9 @@ def save(spooled: BinaryIO, purpose: str, limit: int) -> tuple[str, Kind, int]:
     try:
         size = spooled.seek(0, os.SEEK_END)
         if size > limit:
-            raise UploadError(413, f"The file is larger than the limit of {limit // (1024 * 1024)} MB")
+            raise UploadError(f"The file is larger than the limit of {limit // (1024 * 1024)} MB", 413)
         if size == 0:
-            raise UploadError(422, "The file is empty")
+            raise UploadError("The file is empty", 422)
         spooled.seek(0)
         kind = _judge(spooled.read(HEAD), purpose)
         spooled.flush()
@@ -139,7 +132,7 @@ def _judge(head: bytes, purpose: str) -> Kind:
     kind = sniff(head)
     if kind is None or kind not in KINDS[purpose]:
         names = ", ".join(k.name for k in KINDS[purpose])
-        raise UploadError(415, f"The file is not one of: {names} (judged from its bytes, not its name)")
+        raise UploadError(f"The file is not one of: {names} (judged from its bytes, not its name)", 415)
     return kind
 
 

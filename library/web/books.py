@@ -14,7 +14,7 @@ from werkzeug.exceptions import (
     UnsupportedMediaType,
 )
 
-from library import books, catalogue, members, readcache, uploads
+from library import books, catalogue, readcache, uploads
 from library.catalogue import BookQuery
 from library.context import (
     UPLOAD_OVERHEAD,
@@ -25,6 +25,7 @@ from library.context import (
     write_books,
     writer_index,
 )
+from library.errors import PermissionDenied
 from library.schemas import (
     BookListSchema,
     BookQuerySchema,
@@ -35,7 +36,6 @@ from library.schemas import (
     book_schema,
 )
 from library.web.http import conditional, documented, if_match, json_body, json_response, query_args, signed_in
-from library.web.problems import problem
 from storage import (
     CorruptFileError,
     LockTimeoutError,
@@ -193,10 +193,7 @@ def attach_file(book_id: int, purpose: str) -> Response:
     client_name = upload.filename or ""
     if any(bad in client_name for bad in ("/", "\\", "\x00", "..")):
         raise ValidationError({"file": ["The file name must not contain a path, .. or NUL."]})
-    try:
-        name, _, _ = uploads.save(upload.stream, purpose, limit)
-    except uploads.UploadError as exc:
-        return problem(exc.status, str(exc))
+    name, _, _ = uploads.save(upload.stream, purpose, limit)  # UploadError: answered as any refusal
     field, url, moment = f"{purpose}_url", f"/uploads/{name}", books.utcnow()
 
     refused = False
@@ -215,7 +212,7 @@ def attach_file(book_id: int, purpose: str) -> Response:
         # Only a change refused or never tried is sure not to point at the file: a commit that
         # failed late may be in the journal, and the file must then stay (start-up removes it if
         # no book points at it).
-        if refused or isinstance(exc, members.PermissionDenied | LockTimeoutError | CorruptFileError):
+        if refused or isinstance(exc, PermissionDenied | LockTimeoutError | CorruptFileError):
             uploads.remove(data_dir(), name)
         raise
     uploads.remove(data_dir(), file_name(replaced))

@@ -15,10 +15,10 @@ from werkzeug.exceptions import (
 )
 from werkzeug.http import HTTP_STATUS_CODES
 
-from library import auth, members
 from library.context import (
     MAX_JSON_BYTES,
 )
+from library.errors import DomainError
 from storage import (
     CommitUnknownError,
     ConflictError,
@@ -101,12 +101,9 @@ def handle_storage_error(exc: StorageError) -> Response:
     return problem(status, str(exc), headers=headers)
 
 
-def handle_permission_denied(exc: members.PermissionDenied) -> Response:
-    return problem(403, str(exc))
-
-
-def handle_locked_out(exc: auth.LockedOut) -> Response:
-    return problem(429, str(exc), headers=[("Retry-After", str(exc.retry_after))])
+def handle_domain_error(exc: DomainError) -> Response:
+    """Any refusal of the rules: its own status, its sentence, its headers."""
+    return problem(exc.status, str(exc), headers=exc.headers() or None)
 
 
 def handle_unexpected_error(exc: Exception) -> Response:
@@ -119,6 +116,5 @@ def register_errors(app: Flask) -> None:
     app.register_error_handler(ServiceUnavailable, retry_later)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(StorageError, handle_storage_error)
-    app.register_error_handler(members.PermissionDenied, handle_permission_denied)
-    app.register_error_handler(auth.LockedOut, handle_locked_out)
+    app.register_error_handler(DomainError, handle_domain_error)
     app.register_error_handler(Exception, handle_unexpected_error)

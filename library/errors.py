@@ -1,0 +1,45 @@
+"""The one base of every refusal the domain makes: it carries its HTTP status and the sentence
+that says why, and :mod:`library.web.problems` turns any of them into a problem document."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A request the rules refuse. ``status`` is its HTTP status; the message is the problem's
+    ``detail``; ``headers`` go with the answer."""
+
+    status = 400
+
+    def __init__(self, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        if status is not None:
+            self.status = status
+
+    def headers(self) -> list[tuple[str, str]]:
+        return []
+
+
+class PermissionDenied(DomainError):
+    """The signed-in member's role does not allow this."""
+
+    status = 403
+
+
+class LockedOut(DomainError):
+    """Too many failed sign-ins for one email; ``retry_after`` is in seconds."""
+
+    status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        minutes = max(1, -(-retry_after // 60))
+        super().__init__(
+            f"Too many failed sign-ins for this email; try again in {minutes} minute{'s' if minutes > 1 else ''}"
+        )
+        self.retry_after = retry_after
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after))]
+
+
+class UploadError(DomainError):
+    """A file that is refused: too large (413), empty (422) or of a type not taken (415)."""
