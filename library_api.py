@@ -193,7 +193,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             )  # fmt: skip
     app.extensions["library_writer_index"] = WriterIndex()
     app.extensions["library_rules"] = lending_rules(app.config)
-    books = app.extensions["library_store"].snapshot().tables["books"].records.values()
+    books = app.extensions["library_store"].snapshot().records("books").values()
     referenced = {file_name(b.get(f)) for b in books for f in ("cover_url", "document_url") if b.get(f)}
     uploads.clean(Path(app.extensions["library_store"].directory), referenced)
     if int(app.config["TOKEN_TTL"]) < 1:

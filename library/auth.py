@@ -225,10 +225,7 @@ def _find(txn: Txn, key: str) -> dict[str, Any] | None:
         if rec is not None and rec["key"] == key:
             return rec
     snap = txn.snapshot
-    index = snap.derived.get("logins_by_key")
-    if index is None:
-        index = {rec["key"]: rid for rid, rec in snap.tables["logins"].records.items()}
-        snap.derived["logins_by_key"] = index
+    index = snap.memo("logins_by_key", lambda: {rec["key"]: rid for rid, rec in snap.records("logins").items()})
     rid = index.get(key)
     rec = txn.get("logins", rid) if rid is not None else None
     return rec if rec is not None and rec["key"] == key else None
@@ -237,10 +234,10 @@ def _find(txn: Txn, key: str) -> dict[str, Any] | None:
 def _stale(txn: Txn, now_stamp: str, limit: int) -> list[int]:
     """Up to ``limit`` records whose time is over, oldest first (ISO stamps compare as text)."""
     snap = txn.snapshot
-    ordered = snap.derived.get("logins_by_expiry")
-    if ordered is None:
-        ordered = sorted((rec.get("expires_at", ""), rid) for rid, rec in snap.tables["logins"].records.items())
-        snap.derived["logins_by_expiry"] = ordered
+    ordered = snap.memo(
+        "logins_by_expiry",
+        lambda: sorted((rec.get("expires_at", ""), rid) for rid, rec in snap.records("logins").items()),
+    )
     found = []
     for expires_at, rid in ordered:
         if expires_at > now_stamp or len(found) >= limit:

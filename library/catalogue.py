@@ -344,9 +344,9 @@ def describe(changes: list[Change], after: Snapshot, store: Store | None = None)
 
     Runs inside the commit, before the store lists these changes: a book's status is read from the
     last view when the commit left loans and holds as that view has them, else from ``after``."""
-    books = after.tables["books"].records
+    books = after.records("books")
     last = last_view(store) if store is not None else None
-    if last is not None and all(last.tables[n] is after.tables.get(n) for n in ("loans", "holds")):
+    if last is not None and all(last.collections[n] is after.records(n) for n in ("loans", "holds")):
         status = last.status
     else:
         txn = Txn(after)

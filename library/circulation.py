@@ -135,14 +135,14 @@ def member_fines(source: Txn | Snapshot, member_id: int, now: datetime, rules: R
 
 def _by_member(snap: Snapshot, collection: str) -> dict[int, list[dict[str, Any]]]:
     """The records of ``collection`` by member id, computed once per snapshot."""
-    key = ("by_member", collection)
-    found = snap.derived.get(key)
-    if found is None:
-        found = {}
-        for record in snap.tables[collection].records.values():
+
+    def build() -> dict[int, list[dict[str, Any]]]:
+        found: dict[int, list[dict[str, Any]]] = {}
+        for record in snap.records(collection).values():
             found.setdefault(record["member_id"], []).append(record)
-        snap.derived[key] = found
-    return found
+        return found
+
+    return snap.memo(("by_member", collection), build)
 
 
 # -- the public forms ------------------------------------------------------------------------------
@@ -252,12 +252,12 @@ def _repair(txn: Txn, book_id: int, now: datetime, rules: Rules) -> None:
 
 def next_expiry(snap: Snapshot) -> datetime | None:
     """When the first kept hold runs out (None when no book is kept)."""
-    found = snap.derived.get("next_expiry", False)
-    if found is False:
-        ends = [h["expires_at"] for h in snap.tables["holds"].records.values() if h["status"] == "ready"]
-        found = parse_time(min(ends)) if ends else None
-        snap.derived["next_expiry"] = found
-    return found
+
+    def build() -> datetime | None:
+        ends = [h["expires_at"] for h in snap.records("holds").values() if h["status"] == "ready"]
+        return parse_time(min(ends)) if ends else None
+
+    return snap.memo("next_expiry", build)
 
 
 def _pass_on(txn: Txn, waiting: list[dict[str, Any]], start: datetime, rules: Rules) -> None:
@@ -460,10 +460,10 @@ def pay(
 
 def overdue(snap: Snapshot, now: datetime, rules: Rules) -> list[dict[str, Any]]:
     """Every open loan past its due date, the latest first."""
-    books = snap.tables["books"].records
-    people = snap.tables["members"].records
+    books = snap.records("books")
+    people = snap.records("members")
     report = []
-    for loan in snap.tables["loans"].records.values():
+    for loan in snap.records("loans").values():
         if loan.get("returned_at") is None and parse_time(loan["due_at"]) < now:
             member = people.get(loan["member_id"]) or {}
             book = books.get(loan["book_id"]) or {}

@@ -39,11 +39,9 @@ def email_key(email: str) -> str:
 
 def by_email(snap: Snapshot) -> dict[str, int]:
     """Member ids by folded email, computed once per snapshot."""
-    found = snap.derived.get("members_by_email")
-    if found is None:
-        found = {email_key(m["email"]): mid for mid, m in snap.tables["members"].records.items()}
-        snap.derived["members_by_email"] = found
-    return found
+    return snap.memo(
+        "members_by_email", lambda: {email_key(m["email"]): mid for mid, m in snap.records("members").items()}
+    )
 
 
 def find_by_email(txn: Txn, email: str) -> dict[str, Any] | None:
@@ -62,11 +60,11 @@ def public_member(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def open_loans_by_member(snap: Snapshot) -> dict[int, list[dict[str, Any]]]:
     """Each member's open loans as member listings show them, computed once per snapshot."""
-    found = snap.derived.get("loans_by_member")
-    if found is None:
-        books = snap.tables["books"].records
-        found = {}
-        for loan in snap.tables["loans"].records.values():
+
+    def build() -> dict[int, list[dict[str, Any]]]:
+        books = snap.records("books")
+        found: dict[int, list[dict[str, Any]]] = {}
+        for loan in snap.records("loans").values():
             if loan.get("returned_at") is None:
                 book = books.get(loan["book_id"]) or {}
                 brief = {
@@ -76,8 +74,9 @@ def open_loans_by_member(snap: Snapshot) -> dict[int, list[dict[str, Any]]]:
                     "due_at": loan["due_at"],
                 }
                 found.setdefault(loan["member_id"], []).append(brief)
-        snap.derived["loans_by_member"] = found
-    return found
+        return found
+
+    return snap.memo("loans_by_member", build)
 
 
 def listing(snap: Snapshot, record: Mapping[str, Any], fines_due: float = 0.0) -> dict[str, Any]:
@@ -233,7 +232,7 @@ def _keep_an_admin(txn: Txn, leaving: int) -> None:
 def select(snap: Snapshot, sort_by: str = "id", role: str | None = None, q: str | None = None) -> list[dict[str, Any]]:
     """Members matching ``role`` and every word of ``q`` (in the names or email), sorted by
     ``sort_by`` (``-field`` descending; text case-insensitively; ties by ascending id)."""
-    records = list(snap.tables["members"].records.values())
+    records = list(snap.records("members").values())
     if role is not None:
         records = [m for m in records if m["role"] == role]
     words = [w.casefold() for w in (q or "").split()]

@@ -62,7 +62,7 @@ def backup(store: JsonStore, target: Path) -> BackupReport:
                 if path.is_file() and not path.name.startswith(".") and path.name not in SKIPPED:
                     contents[path.name] = path.read_bytes()
             linked = []
-            for name in sorted(_referenced(snap.tables["books"].records.values())):
+            for name in sorted(_referenced(snap.records("books").values())):
                 source = directory / uploads.FOLDER / name
                 if source.exists():  # a name pointing at nothing is restored as it was found
                     os.link(source, staging / name)

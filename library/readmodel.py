@@ -44,8 +44,8 @@ class CatalogueView:
         self.version = catalogue_version(snap) if version is None else version
         """The seq of the last change to what the catalogue shows: its ETag and the read cache's
         version. Sign-ins, member changes, waiting holds and returned loans do not move it."""
-        self.tables = {name: snap.tables.get(name) for name in CATALOGUE_TABLES}
-        self.books = snap.tables["books"].records
+        self.collections = {name: snap.records(name) for name in CATALOGUE_TABLES}
+        self.books = snap.records("books")
         self._lock = threading.Lock()
         # What the next view is derived from. The store's holder keeps this (not the view, which
         # holds the snapshot's records: they must go with their snapshot, in the commit that
@@ -58,18 +58,15 @@ class CatalogueView:
     @classmethod
     def of(cls, snap: Snapshot, store: Store | None = None) -> CatalogueView:
         """The view of ``snap``, derived from the last view made for ``store`` when there is one."""
-        view = snap.derived.get(cls)
-        if view is not None:
-            return view
         if store is None:
-            view = cls(snap)
-        else:
-            holder = _holder(store)
+            return snap.memo(cls, lambda: cls(snap))
+        holder = _holder(store)
+
+        def derive() -> CatalogueView:
             with holder.lock:
-                view = snap.derived.get(cls)
-                if view is None:
-                    view = holder.view_of(snap, store)
-        return snap.derived.setdefault(cls, view)
+                return holder.view_of(snap, store)
+
+        return snap.memo(cls, derive)
 
     # -- deriving ----------------------------------------------------------------------------------
 
@@ -134,8 +131,7 @@ class CatalogueView:
     @property
     def open_loans(self) -> dict[int, dict[str, Any]]:
         """Open loans by book id."""
-        table = self.tables["loans"]
-        records = table.records if table is not None else {}
+        records = self.collections["loans"]
         return self._get(
             ("open_loans",), lambda: _by_book(records, _is_open), lambda b, c: _patch_by_book(b, c, _is_open)
         )
@@ -143,8 +139,7 @@ class CatalogueView:
     @property
     def kept(self) -> dict[int, dict[str, Any]]:
         """Holds that keep their book for a member (status ``ready``), by book id."""
-        table = self.tables["holds"]
-        records = table.records if table is not None else {}
+        records = self.collections["holds"]
         return self._get(("kept",), lambda: _by_book(records, _is_ready), lambda b, c: _patch_by_book(b, c, _is_ready))
 
     def status(self, book_id: int) -> tuple[str, str | None]:
@@ -272,11 +267,11 @@ CATALOGUE_TABLES = ("books", "loans", "holds")
 def catalogue_version(snap: Snapshot) -> int:
     """The seq of the last change to the tables the catalogue shows: a version that moves with
     every change of what it shows (and with some that change nothing shown)."""
-    return max(snap.tables[name].seq for name in CATALOGUE_TABLES if name in snap.tables)
+    return max(snap.collection_seq(name) for name in CATALOGUE_TABLES)
 
 
 def _table_seqs(snap: Snapshot) -> tuple[int | None, ...]:
-    return tuple(t.seq if (t := snap.tables.get(name)) is not None else None for name in CATALOGUE_TABLES)
+    return tuple(snap.collection_seq(name) for name in CATALOGUE_TABLES)
 
 
 class _State:

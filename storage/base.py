@@ -138,6 +138,9 @@ class Records(Mapping[int, Record]):
         return Records(buckets, length)
 
 
+_EMPTY = Records()
+
+
 class Table:
     """One collection at one moment: its records, the next id to hand out, and the ``seq`` of the
     last change to it. Tables are never changed after they are published."""
@@ -162,7 +165,7 @@ class Snapshot:
     """A consistent, read-only view of every collection at sequence number ``seq``.
 
     The records handed out must be treated as read-only: they are shared with every other reader.
-    ``derived`` is a scratch mapping where callers may cache values computed from this snapshot.
+    Values computed from a snapshot are kept with it by :meth:`memo`.
     """
 
     __slots__ = ("seq", "tables", "derived", "__weakref__")
@@ -172,9 +175,24 @@ class Snapshot:
         self.tables = tables
         self.derived: dict[Any, Any] = {}
 
-    def records(self, collection: str) -> Mapping[int, Record]:
-        """All records of ``collection`` by id, in ascending id order (read-only)."""
-        return self.tables[collection].records
+    def records(self, collection: str) -> Records:
+        """All records of ``collection`` by id, in ascending id order (read-only). Two snapshots
+        share the very same object for a collection that did not change between them."""
+        table = self.tables.get(collection)
+        return table.records if table is not None else _EMPTY
+
+    def collection_seq(self, collection: str) -> int:
+        """The ``seq`` of the last change to ``collection`` (0 when it never changed)."""
+        table = self.tables.get(collection)
+        return table.seq if table is not None else 0
+
+    def memo(self, key: Any, build: Callable[[], T]) -> T:
+        """The value kept with this snapshot under ``key``, built by ``build()`` on first use (a
+        value computed from the snapshot, such as an index: it is never stale)."""
+        try:
+            return self.derived[key]
+        except KeyError:
+            return self.derived.setdefault(key, build())
 
     def get(self, collection: str, record_id: int) -> Record | None:
         """The record with ``record_id``, or None."""

@@ -67,12 +67,10 @@ SORTS = ["id", "-id", "title", "-title", "author", "-author", "publication_year"
 
 
 def status_of(snap: Any, book_id: int) -> tuple[str, str | None]:
-    loans = [
-        ln for ln in snap.tables["loans"].records.values() if ln["book_id"] == book_id and ln["returned_at"] is None
-    ]
+    loans = [ln for ln in snap.records("loans").values() if ln["book_id"] == book_id and ln["returned_at"] is None]
     if loans:
         return "checked_out", loans[-1]["due_at"]
-    if any(h["book_id"] == book_id and h["status"] == "ready" for h in snap.tables["holds"].records.values()):
+    if any(h["book_id"] == book_id and h["status"] == "ready" for h in snap.records("holds").values()):
         return "on_hold", None
     return "available", None
 
@@ -89,7 +87,7 @@ def matches_q(book: dict[str, Any], q: str) -> bool:
 
 
 def expected(snap: Any, query: BookQuery) -> dict[str, Any]:
-    books = list(snap.tables["books"].records.values())
+    books = list(snap.records("books").values())
     chosen = []
     for book in books:
         status = status_of(snap, book["id"])
@@ -122,7 +120,7 @@ def expected(snap: Any, query: BookQuery) -> dict[str, Any]:
 
 def apply(store: JsonStore, action: tuple[Any, ...]) -> None:
     snap = store.snapshot()
-    ids = list(snap.tables["books"].records)
+    ids = list(snap.records("books"))
 
     def pick(n: int) -> int | None:
         return ids[n % len(ids)] if ids else None

@@ -130,7 +130,7 @@ def list_loans() -> Response:
     if "member_id" in args:  # through the per-snapshot index: a member's page costs their loans only
         chosen = Txn(snap).where("loans", "member_id", args["member_id"])
     else:
-        chosen = list(snap.tables["loans"].records.values())
+        chosen = list(snap.records("loans").values())
     if "book_id" in args:
         chosen = [loan for loan in chosen if loan["book_id"] == args["book_id"]]
     wanted, now_stamp = args.get("status"), stamp(moment)
