@@ -82,12 +82,14 @@ GOODREADS_COLUMNS = {"book id", "title", "author", "isbn", "isbn13"}
 LIBRARYTHING_COLUMNS = {"title", "primary author"}
 
 #: Words that make a shelf or a tag say how far one got with a book, whether one owns it, in what
-#: form, or how one files it, not what kind of book it is: a shelf with any of these words (its
+#: form, how one files it, or where it came from ("books from mum", "alex borrowing"), not what
+#: kind of book it is: a shelf with any of these words (its
 #: words split at spaces, "-" and "_", compared without case or accents) is never a genre. English
 #: and the languages of the exports we have seen (French, Spanish, German).
 _NOT_SUBJECT = """
     read reading reread re unread tbr dnf did finish finished unfinished abandoned paused hold
     currently want wanted wish wishlist wishes owned own owning bought buy borrowed lent loaned
+    borrowing lending gift gifts gifted from couldnt hack
     library libraries kindle ebook ebooks audiobook audiobooks audible favorites favourites
     favorite favourite faves fave shelf shelves default meta undetermined unknown misc
     lire lu lus lue lues lecture possede possedes envie pal

@@ -708,6 +708,10 @@ def test_genres_only_from_subject_shelves_and_entities_decoded(runner, client):
         "books-i-own",
         "kindle",
         "did-not-finish",
+        # where a book came from, as real exports (BH-BH/goodreads_export) shelve it
+        "Books From Alex",
+        "alex-borrowing",
+        "couldnt-hack",
     ],
 )
 def test_reading_status_and_ownership_shelves_are_no_subject(shelf):
