@@ -11,6 +11,8 @@ from marshmallow import ValidationError
 
 from library import books, catalogue, loader
 from library.context import (
+    now,
+    stamp,
     write_books,
     writer_index,
 )
@@ -44,7 +46,7 @@ def import_rows(
         "created": 0, "updated": 0, "unchanged": 0, "merged": 0, "warnings": 0,
         "lines": [], "unchanged_lines": [], "skipped": [],
     }  # fmt: skip
-    moment, index = books.utcnow(), writer_index()
+    moment, index = stamp(now()), writer_index()
     earlier: dict[int, int] = {}  # book id: the first line of this file that was that book
 
     def note(line: int, text: str) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from tests.conftest import BOOK, assert_problem
+from library import books
+from library_api import create_app
+from tests.conftest import BOOK, TEST_SECRET, Clock, assert_problem, client_as
 
 ISBN10 = "020161622X"
 ISBN13 = "9780201616224"  # the ISBN-13 form of ISBN10
@@ -214,6 +216,26 @@ def test_bad_isbn_is_422(client, bad):
     body = assert_problem(client.post("/books", json={**BOOK, "isbn": bad}), 422)
     assert "isbn" in body["errors"]
     assert listing(client)["total"] == 0
+
+
+def test_an_isbn10_check_digit_is_weighed_modulo_11():
+    """Sums that divide by one of 10 and 11 but not the other tell the two rules apart."""
+    assert books.normalize_isbn("0306406152") == "0306406152"  # weighted sum 132: 11 x 12
+    with pytest.raises(ValueError, match="check digit"):
+        books.normalize_isbn("0306406150")  # weighted sum 130: divides by 10, not by 11
+
+
+def test_an_isbn10_that_sums_to_a_multiple_of_11_only_is_taken_and_one_of_10_only_is_not(client):
+    assert add(client, isbn="0-306-40615-2")["isbn"] == "0306406152"
+    assert "isbn" in assert_problem(client.post("/books", json={**BOOK, "isbn": "0306406150"}), 422)["errors"]
+
+
+def test_the_isbn_of_a_deleted_book_can_be_posted_again_as_a_new_book(client, book):
+    assert client.delete(f"/books/{book['id']}").status_code == 200
+    again = client.post("/books", json=BOOK)
+    assert again.status_code == 201
+    assert again.get_json()["id"] > book["id"]  # a new book, not the old one's id reused
+    assert again.get_json()["isbn"] == BOOK["isbn"]
 
 
 # -- PUT and PATCH -------------------------------------------------------------------------------
@@ -447,13 +469,24 @@ def test_sort_by_id_both_ways(client):
 
 
 @pytest.mark.parametrize("sort_by", ["created_at", "-created_at", "updated_at", "-updated_at"])
-def test_sort_by_timestamps(client, sort_by):
-    for n in range(3):
-        add(client, title=f"Book {n}")
-    books = listing(client, f"sort_by={sort_by}")["books"]
-    field = sort_by.lstrip("-")
-    expected = sorted(sorted(books, key=lambda b: b["id"]), key=lambda b: b[field], reverse=sort_by.startswith("-"))
-    assert [b["id"] for b in books] == [b["id"] for b in expected]
+def test_sort_by_timestamps(data_dir, sort_by):
+    clock = Clock()
+    app = create_app(
+        {"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET, "CLOCK": clock}
+    )
+    client = client_as(app, "librarian")
+    start = clock.now
+    made = []
+    for minutes in (30, 10, 20, 10):  # created out of id order, two in the same second
+        clock.now = start + timedelta(minutes=minutes)
+        made.append(add(client, title=f"Book {len(made)}")["id"])
+    clock.now = start + timedelta(minutes=40)
+    assert client.patch(f"/books/{made[0]}", json={"genre": "Updated last"}).status_code == 200
+    field, descending = sort_by.lstrip("-"), sort_by.startswith("-")
+    by_time = {"created_at": [30, 10, 20, 10], "updated_at": [40, 10, 20, 10]}[field]
+    expected = sorted(made, key=lambda i: (-by_time[made.index(i)] if descending else by_time[made.index(i)], i))
+    assert ids(client, f"sort_by={sort_by}") == expected
+    assert expected not in (made, made[::-1])  # an order the ids alone would not give
 
 
 # -- filters and search --------------------------------------------------------------------------

@@ -313,6 +313,22 @@ def test_holds_queue_in_order_and_the_book_is_kept_for_the_first(app, anon, desk
     assert [(h["status"], h["position"]) for h in carol.get("/holds").get_json()["holds"]] == [("waiting", 1)]
 
 
+def test_a_hold_placed_after_a_keep_ran_out_but_before_the_housekeeper_sees_the_book_free(
+    app, anon, desk, ada, bob, clock
+):
+    carol = client_as(app, "member", "carol@example.org")
+    book_id = new_book(desk)
+    borrow(ada, book_id)
+    assert bob.post(f"/books/{book_id}/hold").status_code == 201
+    ada.post(f"/books/{book_id}/return")  # kept for bob until 2026-03-05 09:00
+    clock.advance(days=3, seconds=1)  # bob's time is over; no housekeeper has run since
+    assert_problem(
+        carol.post(f"/books/{book_id}/hold"), 409, "The book is available: borrow it instead of placing a hold"
+    )
+    assert bob.get("/holds").get_json()["holds"][0]["status"] == "expired"
+    assert borrow(carol, book_id).status_code == 201
+
+
 def test_a_kept_book_passes_to_the_next_when_the_hold_expires(app, anon, desk, ada, bob, clock):
     carol = client_as(app, "member", "carol@example.org")
     book_id = new_book(desk)

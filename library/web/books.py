@@ -73,7 +73,7 @@ def create_book() -> Response:
     """Add a book, or update the one with the same ISBN or title, author and year (200)."""
     actor = signed_in("librarian")
     data = book_schema.load(json_body())
-    index, moment = writer_index(), books.utcnow()
+    index, moment = writer_index(), stamp(now())
     book, outcome = write_books(lambda txn: catalogue.upsert_book(txn, index, data, moment), actor)
     if outcome == "created":
         return book_response(book, 201, Location=url_for("books.get_book", book_id=book["id"]))
@@ -97,7 +97,7 @@ def replace_book(book_id: int) -> Response:
     """Replace a book: fields left out are cleared."""
     actor = signed_in("librarian")
     data = book_schema.load(json_body())
-    index, moment, condition = writer_index(), books.utcnow(), if_match()
+    index, moment, condition = writer_index(), stamp(now()), if_match()
     book = write_books(lambda txn: catalogue.replace_book(txn, index, book_id, data, moment, condition), actor)
     return book_response(book)
 
@@ -108,7 +108,7 @@ def update_book(book_id: int) -> Response:
     """Change some fields of a book."""
     actor = signed_in("librarian")
     data = book_patch_schema.load(json_body())
-    index, moment, condition = writer_index(), books.utcnow(), if_match()
+    index, moment, condition = writer_index(), stamp(now()), if_match()
     book = write_books(lambda txn: catalogue.patch_book(txn, index, book_id, data, moment, condition), actor)
     return book_response(book)
 
@@ -194,7 +194,7 @@ def attach_file(book_id: int, purpose: str) -> Response:
     if any(bad in client_name for bad in ("/", "\\", "\x00", "..")):
         raise ValidationError({"file": ["The file name must not contain a path, .. or NUL."]})
     name, _, _ = uploads.save(upload.stream, purpose, limit)  # UploadError: answered as any refusal
-    field, url, moment = f"{purpose}_url", f"/uploads/{name}", books.utcnow()
+    field, url, moment = f"{purpose}_url", f"/uploads/{name}", stamp(now())
 
     refused = False
 
