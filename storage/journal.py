@@ -17,6 +17,7 @@ Lines after the last commit are an interrupted write and are cut off by the next
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +154,16 @@ def append(path: Path, data: bytes) -> FileStat:
 def write_atomically(path: Path, chunks: Iterable[bytes]) -> FileStat:
     """Write a whole file: a temporary file in the same folder, fsync, rename over ``path``,
     fsync the folder. A crash leaves either the old file or the new one, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp, st = write_temp(path, chunks)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return st
+
+
+def write_temp(path: Path, chunks: Iterable[bytes]) -> tuple[Path, FileStat]:
+    """Write ``chunks`` to a new temporary file beside ``path`` (mode 600) and fsync it; the caller
+    renames it into place. Nothing is left behind when it fails."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         for chunk in chunks:
@@ -167,9 +177,7 @@ def write_atomically(path: Path, chunks: Iterable[bytes]) -> FileStat:
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    return tmp, (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def fsync_dir(directory: Path) -> None:

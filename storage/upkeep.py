@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -304,22 +303,8 @@ class Upkeep:
 
     def _write_temp(self, name: str) -> tuple[Path, Checkpoint]:
         table = self._snap.tables[name]
-        path = self._paths[name]
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            for chunk in _encode_table(table):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            st = os.fstat(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        return tmp, (st.st_ino, st.st_size, st.st_mtime_ns, table.seq)
+        tmp, st = journal.write_temp(self._paths[name], _encode_table(table))
+        return tmp, (*st, table.seq)
 
     def _append_checkpoint_line(self, line: bytes) -> None:
         self._append_locked(line, 1)

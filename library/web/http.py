@@ -154,7 +154,9 @@ def signed_in(role: str = "member") -> dict[str, Any]:
     if member is None or member.get("token_version", 0) != claims.version:
         if not store().health()["writable"]:
             # This worker may lack the latest changes while the journal is repaired: not a verdict.
-            raise StoreUnavailableError("The data directory is being repaired; try again in a moment")
+            raise StoreUnavailableError(
+                "The data directory (its journal or a collection file) is being repaired; try again in a moment"
+            )
         raise unauthorized("The token is no longer valid; sign in again", invalid_token=True)
     if not members.at_least(member, role):
         raise Forbidden(f"Only {ROLE_NAMES[role]} can do this")
