@@ -59,3 +59,8 @@ class StoreUnavailableError(StorageError):
 class CommitUnknownError(StorageError):
     """A change was written but the disk reported an error while syncing it: whether it was kept
     is unknown, and the process takes no more writes (HTTP 503; never reported as "not saved")."""
+
+
+class JournalLostError(StoreUnavailableError):
+    """The journal is missing while changes past the collection files were committed: a worker that
+    holds them must write them out before the journal may start again."""

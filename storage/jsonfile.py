@@ -147,6 +147,7 @@ class JsonStore(Upkeep, Store):
         self._files = {name: _File() for name in self.collections}
         self._jfd = -1
         self._poisoned: str | None = None
+        self._accept_lost_journal = False
         self._lineage = ""
         self._closed = False
         self._worker: threading.Thread | None = None

@@ -16,7 +16,7 @@ import orjson
 
 from storage import journal
 from storage.base import Change, Record, Records, Snapshot, Table, Txn
-from storage.errors import CorruptFileError, StoreUnavailableError
+from storage.errors import CorruptFileError, JournalLostError, StoreUnavailableError
 from storage.files import (
     JOURNAL_NAME,
     Checkpoint,
@@ -32,6 +32,8 @@ from storage.files import (
 from storage.journal import FileStat, stat_of
 
 log = logging.getLogger("library_api.storage")
+LOST_JOURNAL_WAIT = 10.0
+"""Seconds a store opening a directory whose journal is gone waits for a running worker to repair it."""
 
 
 class Upkeep:
@@ -356,8 +358,21 @@ class Upkeep:
 
     def _open_locked(self, initial: Callable[[Txn], Any] | None = None) -> None:
         """Build every bit of state from disk, repairing what a crash left. Lock held."""
-        with self._state:
-            self._open_state(initial is not None)
+        deadline = time.monotonic() + LOST_JOURNAL_WAIT
+        while True:
+            try:
+                with self._state:
+                    self._open_state(initial is not None)
+                break
+            except JournalLostError as exc:
+                if time.monotonic() > deadline:
+                    log.error("%s; none came forward, so the journal starts again from the files", exc)
+                    self._accept_lost_journal = True
+                    continue
+                self._filelock.release()  # let the worker that holds the changes repair the journal
+                time.sleep(0.25)
+                self._filelock.acquire(timeout=self._lock_timeout, poll_interval=0.001)
+        self._accept_lost_journal = False
         if self._fresh_directory and initial is not None:
             txn = Txn(self._snap)
             initial(txn)
@@ -450,6 +465,15 @@ class Upkeep:
             dirty = set(self.collections)
         elif restart_reason == "empty":
             log.warning("%s was empty; a new journal starts from the collection files", self.journal_path)
+        head = self._read_head()
+        if parsed.floor is None and not self._fresh_directory and head > seq and not self._accept_lost_journal:
+            # The journal is gone but the hint says changes were committed past what the files
+            # hold: a running worker may hold them and be about to write them out. Starting a new
+            # journal from the files now would lose them.
+            raise JournalLostError(
+                f"{self.journal_path} is missing, and changes up to {head} were committed after what the collection "
+                f"files hold ({seq}); waiting for the worker that holds them to write them out"
+            )
         self._snap = Snapshot(seq, tables)
         self._floor = floor
         self._changes_floor = seq

@@ -615,3 +615,17 @@ def test_a_sync_the_disk_refuses_is_never_reported_as_not_saved(tmp_path, monkey
         add(store, "after")
     assert not store.health()["writable"]
     assert titles(open_store(tmp_path)) == ["before", "unknown"]  # what the disk kept, replayed
+
+
+def test_a_store_opened_while_the_journal_is_gone_waits_for_the_one_that_holds_the_changes(tmp_path):
+    """A worker (re)started while its journal is missing must not start a new one from files that
+    lack the latest commits: it waits while the worker holding them writes them out."""
+    holder = open_store(tmp_path)
+    add(holder, "in the journal only")  # no checkpoint yet: books.json does not hold it
+    (tmp_path / "journal.jsonl").unlink()
+    opened: list[JsonStore] = []
+    late = threading.Thread(target=lambda: opened.append(open_store(tmp_path)))
+    late.start()
+    holder.maintain()  # the holder notices and writes every change out, with a new journal
+    late.join(timeout=30)
+    assert opened and titles(opened[0]) == ["in the journal only"]
