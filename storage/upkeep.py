@@ -401,7 +401,9 @@ class Upkeep:
             os.truncate(self.journal_path, parsed.consumed)
         if parsed.floor is None and data == b"" and self.journal_path.exists() and restart_reason is None:
             restart_reason = "empty"
-        self._fresh_directory = parsed.floor is None and restart_reason is None and not any(existing.values())
+        self._fresh_directory = (
+            parsed.floor is None and restart_reason is None and not any(existing.values()) and not self._read_head()
+        )
         floor = parsed.floor or 0
         seq = max([floor, *(c.seq for c in parsed.commits)])
         recorded: dict[str, list[Checkpoint]] = {}

@@ -396,6 +396,7 @@ def test_a_torn_tail_met_by_a_running_store_is_cut_before_its_next_commit(tmp_pa
     add(store, "b")
     assert titles(open_store(tmp_path)) == ["a", "b"]
     assert b'"rec\n' not in (tmp_path / "journal.jsonl").read_bytes()
+    assert [e["book"]["title"] for e in store.events_since(0, 10)[0]] == ["a", "b"]  # the journal went on
 
 
 def test_a_record_added_by_hand_while_stopped_never_has_its_id_given_again(tmp_path):
@@ -441,7 +442,7 @@ def _commit_past_a_file_size_limit(directory: str, out: int) -> None:
             outcomes.append("ok")
         except OSError:
             outcomes.append("failed")
-    os.write(out, orjson.dumps(outcomes))
+    os.write(out, orjson.dumps([outcomes, store.failed_commits]))
     os._exit(0)
 
 
@@ -456,9 +457,10 @@ def test_a_commit_that_cannot_be_written_is_refused_and_leaves_nothing_behind(tm
         _commit_past_a_file_size_limit(str(tmp_path), write_end)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as fh:
-        outcomes = orjson.loads(fh.read())
+        outcomes, failed_commits = orjson.loads(fh.read())
     os.waitpid(pid, 0)
     assert "ok" in outcomes and "failed" in outcomes
+    assert failed_commits == outcomes.count("failed")
     reopened = open_store(tmp_path)
     assert titles(reopened) == [f"t{i}" for i, outcome in enumerate(outcomes) if outcome == "ok"]
     add(reopened, "after")  # the journal was left whole: it takes the next write
@@ -549,6 +551,9 @@ def test_a_failure_after_the_commit_point_does_not_fail_the_write(tmp_path):
     (tmp_path / ".journal.head").mkdir()  # the hint beside the journal cannot be written any more
     assert add(store, "a")["id"] == 1
     assert titles(open_store(tmp_path)) == ["a"]
+    (tmp_path / "journal.jsonl").unlink()  # and the journal is repaired without the hint
+    add(store, "b")
+    assert titles(open_store(tmp_path)) == ["a", "b"]
 
 
 def test_a_checkpoint_recorded_but_never_renamed_is_written_again_before_compaction(tmp_path):
@@ -629,3 +634,362 @@ def test_a_store_opened_while_the_journal_is_gone_waits_for_the_one_that_holds_t
     holder.maintain()  # the holder notices and writes every change out, with a new journal
     late.join(timeout=30)
     assert opened and titles(opened[0]) == ["in the journal only"]
+
+
+def on_disk(directory: Path, name: str = "books.json") -> list[str] | None:
+    """The titles the collection file holds (None when there is no file)."""
+    path = directory / name
+    if not path.exists():
+        return None
+    return [b["title"] for b in orjson.loads(path.read_bytes())["books"]]
+
+
+def test_the_journal_keeps_journal_keep_changes_and_is_compacted_once_it_holds_twice_that(tmp_path):
+    store = open_store(tmp_path, journal_keep=5)
+    for i in range(10):
+        add(store, f"t{i}")
+    checkpoint(store)
+    assert len(store.events_since(0, 100)[0]) == 10  # not compacted before it holds more than 2 x 5
+    add(store, "t10")
+    checkpoint(store)
+    assert [e["book"]["title"] for e in store.events_since(store.seq - 5, 100)[0]] == [f"t{i}" for i in range(6, 11)]
+    with pytest.raises(JournalTruncatedError):
+        store.events_since(store.seq - 6, 100)
+
+
+def test_a_negative_since_is_refused(tmp_path):
+    store = open_store(tmp_path)
+    with pytest.raises(JournalTruncatedError):
+        store.events_since(-1, 10)
+
+
+def test_changes_between_reaches_back_two_batches_then_one(tmp_path):
+    from storage.jsonfile import CHANGES_KEPT
+
+    store = open_store(tmp_path)
+    store.update(lambda txn: [txn.insert("members", {"n": i}) for i in range(2 * CHANGES_KEPT)])
+    assert len(store.changes_between(0, store.seq)) == 2 * CHANGES_KEPT
+    add(store, "one more")  # past twice the batch: the older changes are let go
+    assert store.changes_between(0, store.seq) is None
+    assert len(store.changes_between(store.seq - CHANGES_KEPT, store.seq)) == CHANGES_KEPT
+    assert store.changes_between(store.seq - CHANGES_KEPT - 1, store.seq) is None
+
+
+def test_the_background_round_checkpoints_once_writes_stop_or_enough_changes_gather(tmp_path):
+    idle = open_store(tmp_path / "idle", checkpoint_idle=0)
+    add(idle, "a")
+    idle.maintain()
+    assert on_disk(tmp_path / "idle") == ["a"]
+
+    busy = open_store(tmp_path / "busy", checkpoint_idle=3600, checkpoint_changes=3)
+    add(busy, "a")
+    add(busy, "b")
+    busy.maintain()
+    assert on_disk(tmp_path / "busy") is None  # writes go on and only two changes gathered
+    add(busy, "c")
+    busy.maintain()
+    assert on_disk(tmp_path / "busy") == ["a", "b", "c"]
+
+
+def test_a_checkpoint_by_another_process_restarts_the_count_of_changes(tmp_path):
+    a = open_store(tmp_path)
+    b = open_store(tmp_path, checkpoint_idle=3600, checkpoint_changes=3)
+    add(a, "a")
+    add(a, "b")
+    checkpoint(a)
+    add(a, "c")
+    b.maintain()  # one change since a's checkpoint: not due
+    assert on_disk(tmp_path) == ["a", "b"]
+    add(a, "d")
+    add(a, "e")
+    b.maintain()
+    assert on_disk(tmp_path) == ["a", "b", "c", "d", "e"]
+
+
+def test_the_background_thread_writes_the_checkpoints(tmp_path):
+    store = open_store(tmp_path, checkpoint_idle=0)
+    store.start(interval=0.01)
+    store.start(interval=0.01)  # idempotent
+    add(store, "a")
+    deadline = time.monotonic() + 5
+    while on_disk(tmp_path) != ["a"]:
+        assert time.monotonic() < deadline, "the background round never wrote books.json"
+        time.sleep(0.01)
+    store.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc")
+def test_close_writes_the_checkpoints_and_releases_every_file(tmp_path):
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    open_store(tmp_path).close()
+    before = open_files()
+    for i in range(3):
+        store = open_store(tmp_path, checkpoint_idle=3600)
+        add(store, f"checkpointed {i}")
+        checkpoint(store)
+        add(store, f"journal only {i}")
+        store.close()
+        assert on_disk(tmp_path)[-2:] == [f"checkpointed {i}", f"journal only {i}"]
+    assert open_files() == before
+
+
+def test_a_directory_started_from_a_hand_made_file(tmp_path):
+    """Records in any order, no header: read in id order, and the file is taken over at the first
+    start, so a second process does not take it for an edit and restart the journal."""
+    (tmp_path / "books.json").write_text('[{"id": 3, "title": "c"}, {"id": 1, "title": "a"}, {"id": 2, "title": "b"}]')
+    first = open_store(tmp_path)
+    assert list(first.snapshot().records("books")) == [1, 2, 3]
+    assert titles(first) == ["a", "b", "c"]
+    second = open_store(tmp_path)
+    assert second.seq == first.seq
+    second.events_since(0, 10)  # the journal went on
+    assert add(second, "d")["id"] == 4
+
+
+def test_a_journal_truncated_under_two_servers_is_repaired_by_the_one_that_holds_every_change(tmp_path):
+    a, b = open_store(tmp_path), open_store(tmp_path)
+    add(a, "a")
+    add(a, "b")  # b has not looked since
+    os.truncate(tmp_path / "journal.jsonl", 0)
+    with pytest.raises(StoreUnavailableError, match="repairing"):
+        add(b, "from b")  # b lacks changes 1 and 2: it must not start a journal without them
+    a.maintain()
+    assert a.health()["writable"]
+    add(b, "from b")
+    assert titles(b) == ["a", "b", "from b"]
+    assert titles(open_store(tmp_path)) == ["a", "b", "from b"]
+
+
+def test_an_invalid_edit_is_kept_aside_when_the_journal_is_repaired(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    store.update(lambda txn: txn.insert("members", {"email": "m@example.org"}))
+    checkpoint(store)
+    (tmp_path / "books.json").write_bytes(b"not json")
+    store.maintain()
+    assert not store.health()["writable"]
+    os.truncate(tmp_path / "journal.jsonl", 0)
+    store.maintain()
+    assert store.health()["writable"]
+    assert [p.read_bytes() for p in tmp_path.glob("books.json.rejected-*")] == [b"not json"]
+    assert not list(tmp_path.glob("members.json.rejected-*"))
+    assert titles(open_store(tmp_path)) == ["a"]
+
+
+def test_an_edit_while_stopped_of_a_current_file_the_journal_no_longer_reaches_is_taken_in(tmp_path):
+    store = open_store(tmp_path, journal_keep=2)
+    add(store, "a")
+    checkpoint(store)  # books.json holds seq 1 and is never behind after it
+    for i in range(10):
+        store.update(lambda txn, i=i: txn.insert("members", {"n": i}))
+    checkpoint(store)  # compacts the journal past seq 1
+    store.close()
+    path = tmp_path / "books.json"
+    path.write_text(path.read_text().replace('"title":"a"', '"title":"A"'))
+    assert titles(open_store(tmp_path)) == ["A"]
+
+
+def test_a_followers_compaction_keeps_the_changes_a_hand_edited_file_lacks(tmp_path):
+    a = open_store(tmp_path)
+    add(a, "a")
+    add(a, "b")
+    checkpoint(a)
+    b = open_store(tmp_path, journal_keep=2, checkpoint_idle=3600)
+    path = tmp_path / "books.json"
+    opened = path.read_text()
+    a.update(lambda txn: txn.put("books", {"id": 2, "title": "b, changed by a writer"}))
+    path.write_text(opened.replace('"title":"a"', '"title":"A"'))  # made on the file before that write
+    for i in range(6):  # the first of these writes takes the edit in
+        a.update(lambda txn, i=i: txn.insert("members", {"n": i}))
+    b.maintain()  # compacts the journal while books.json still lacks the writer's change
+    assert titles(b) == ["A", "b, changed by a writer"]
+    # as after a crash of both: the files and the journal must still hold every change
+    assert titles(open_store(tmp_path)) == ["A", "b, changed by a writer"]
+
+
+def _journal_problem(store: JsonStore) -> str:
+    store.snapshot()
+    return " ".join(p["problem"] for p in store.health()["problems"])
+
+
+def _append_bad_commit(journal: Path) -> int:
+    """Append an unreadable line and a commit after it; returns the bad line's number."""
+    lines = journal.read_bytes().count(b"\n")
+    with open(journal, "ab") as fh:
+        fh.write(b"garbage\n" + orjson.dumps({"commit": 999, "at": "x", "files": {}}) + b"\n")
+    return lines + 1
+
+
+def test_an_unreadable_journal_line_is_reported_by_its_line_number(tmp_path):
+    store = open_store(tmp_path / "torn")
+    add(store, "a")
+    journal = tmp_path / "torn" / "journal.jsonl"
+    with open(journal, "ab") as fh:
+        fh.write(b'{"seq": 2, "op": "put", "rec')  # a write still going on when the store looks
+    store.snapshot()
+    bad = journal.read_bytes().count(b"\n") + 1
+    with open(journal, "ab") as fh:
+        fh.write(b"\n" + orjson.dumps({"commit": 2, "at": "x", "files": {}}) + b"\n")
+    assert f"at line {bad}." in _journal_problem(store)
+
+    store = open_store(tmp_path / "repaired")
+    add(store, "a")
+    journal = tmp_path / "repaired" / "journal.jsonl"
+    os.truncate(journal, 0)
+    store.maintain()  # a new journal, started from this process's memory
+    add(store, "b")
+    bad = _append_bad_commit(journal)
+    assert f"at line {bad}." in _journal_problem(store)
+
+
+def test_a_record_typed_in_with_a_lower_id_is_listed_in_id_order(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    add(store, "b")
+    store.update(lambda txn: txn.delete("books", 1))
+    checkpoint(store)
+    path = tmp_path / "books.json"
+    doc = orjson.loads(path.read_bytes())
+    doc["books"].append({"id": 1, "title": "a, typed back in"})
+    path.write_bytes(orjson.dumps(doc))
+    store.maintain()
+    assert list(store.snapshot().records("books")) == [1, 2]
+    assert titles(store) == ["a, typed back in", "b"]
+
+
+def _checkpoint_past_a_file_size_limit(directory: str, out: int) -> None:
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    store = JsonStore(directory, COLLECTIONS, describe=describe, journal_keep=1)
+    size = os.stat(store.journal_path).st_size
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 1000, size + 1000))  # the journal fits, books.json not
+    store.update(lambda txn: txn.put("books", {"id": 1, "title": "changed"}))
+    open_files = len(os.listdir("/proc/self/fd"))
+    try:
+        store.maintain(force=True)
+        outcome = "written"
+    except OSError:
+        outcome = "failed"
+    leaked = len(os.listdir("/proc/self/fd")) - open_files
+    os.write(out, orjson.dumps([outcome, leaked]))
+    os._exit(0)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc")
+def test_a_checkpoint_that_cannot_be_written_leaves_the_file_and_the_journal_as_they_were(tmp_path):
+    store = open_store(tmp_path, journal_keep=1)
+    store.update(lambda txn: [txn.insert("books", {"title": f"book {i}", "padding": "x" * 40}) for i in range(60)])
+    for i in range(3):
+        store.update(lambda txn, i=i: txn.insert("members", {"n": i}))
+    checkpoint(store)  # compacted: the journal is now much smaller than books.json
+    store.close()
+    before = (tmp_path / "books.json").read_bytes()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _checkpoint_past_a_file_size_limit(str(tmp_path), write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as fh:
+        outcome, leaked = orjson.loads(fh.read())
+    os.waitpid(pid, 0)
+    assert (outcome, leaked) == ("failed", 0)
+    assert (tmp_path / "books.json").read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))
+    reopened = open_store(tmp_path)
+    assert titles(reopened)[:2] == ["changed", "book 1"]  # the acknowledged write is in the journal
+
+
+def test_a_delete_returns_the_record_it_removed(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    assert store.update(lambda txn: txn.delete("books", 1)) == {"id": 1, "title": "a"}
+    assert store.failed_commits == 0
+
+
+def test_the_journal_starts_with_its_format_header(tmp_path):
+    open_store(tmp_path)
+    first = (tmp_path / "journal.jsonl").read_bytes().split(b"\n")[0]
+    header = orjson.loads(first)
+    assert (header["journal"], header["floor"]) == (1, 0) and len(header["lineage"]) == 16
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column", "reason"),
+    [
+        ('{"books": [{"id": 0, "title": "zero"}]}', 1, None, '"id" must be a positive whole number'),
+        ('"just text"', 1, 1, 'an object with a "books" list'),
+        ('{"\\u0062ooks": [{"title": "no id"}]}', None, None, '"id" must be a positive whole number'),
+    ],
+)
+def test_a_file_that_is_not_a_collection_is_refused(tmp_path, text, line, column, reason):
+    (tmp_path / "books.json").write_text(text)
+    with pytest.raises(CorruptFileError, match=reason) as caught:
+        open_store(tmp_path)
+    assert (caught.value.line, caught.value.column) == (line, column)
+
+
+def test_a_journal_replaced_by_another_file_is_reported(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    (tmp_path / "other").write_text("hello\n")
+    os.replace(tmp_path / "other", tmp_path / "journal.jsonl")
+    assert "replaced by a file that is not a journal" in _journal_problem(store)
+    assert not store.health()["writable"]
+
+
+def test_the_stores_left_open_write_their_checkpoints_at_exit(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    script = (
+        "import sys; from storage import JsonStore; "
+        "s = JsonStore(sys.argv[1], ['books', 'members'], checkpoint_idle=3600); "
+        "s.update(lambda txn: txn.insert('books', {'title': 'a'}))"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=root, check=True, timeout=30)
+    assert on_disk(tmp_path) == ["a"]
+
+
+def test_opening_a_directory_whose_files_are_current_rewrites_nothing(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    store.close()
+    files = {name: os.stat(tmp_path / name).st_ino for name in ("books.json", "journal.jsonl")}
+    reopened = open_store(tmp_path)
+    reopened.maintain()
+    assert {name: os.stat(tmp_path / name).st_ino for name in files} == files
+    assert reopened.events_since(0, 10)[0]
+
+
+def test_a_journal_keep_below_one_keeps_one_change(tmp_path):
+    store = open_store(tmp_path, journal_keep=0)
+    for title in ("a", "b", "c"):
+        add(store, title)
+    checkpoint(store)
+    assert [e["book"]["title"] for e in store.events_since(store.seq - 1, 10)[0]] == ["c"]
+
+
+def test_a_compaction_that_would_drop_nothing_leaves_the_journal_alone(tmp_path):
+    store = open_store(tmp_path, journal_keep=1, checkpoint_idle=3600)
+    for title in ("a", "b", "c"):
+        add(store, title)  # books.json does not hold them yet: the journal must keep them all
+    inode = os.stat(tmp_path / "journal.jsonl").st_ino
+    store.maintain()
+    assert os.stat(tmp_path / "journal.jsonl").st_ino == inode
+    assert len(store.events_since(0, 10)[0]) == 3
+
+
+def test_a_journal_deleted_under_two_servers_is_repaired_from_what_it_still_holds(tmp_path):
+    a, b = open_store(tmp_path), open_store(tmp_path)
+    add(a, "a")
+    add(a, "b")  # b has not looked since, but still has the deleted journal open
+    (tmp_path / "journal.jsonl").unlink()
+    add(b, "from b")
+    assert titles(b) == ["a", "b", "from b"]
+    assert titles(open_store(tmp_path)) == ["a", "b", "from b"]
