@@ -107,11 +107,11 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("jsonfile.py", "self._snap = Snapshot(0, {})", "0 -> -1"): (
         "a placeholder: _open_locked replaces it, from the files and the journal, before the constructor returns"
     ),
-    ("jsonfile.py", "idle = time.monotonic() - self._last_write >= self._checkpoint_idle", ">= -> >"): (
+    ("upkeep.py", "idle = time.monotonic() - self._last_write >= self._checkpoint_idle", ">= -> >"): (
         "differs only when the time since the last write equals checkpoint_idle to the nanosecond"
     ),
-    ("jsonfile.py", "self._snap.seq + 1,", "1 -> 2"): "an argument of a log message (the first lost change)",
-    ("jsonfile.py", "self._snap.seq + 1,", "1 -> 0"): "an argument of a log message (the first lost change)",
+    ("upkeep.py", "self._snap.seq + 1,", "1 -> 2"): "an argument of a log message (the first lost change)",
+    ("upkeep.py", "self._snap.seq + 1,", "1 -> 0"): "an argument of a log message (the first lost change)",
     ("journal.py", "fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)", "384 -> 383"): (
         "the mode only applies to a file O_CREAT makes, and journal.append is only called on a journal that exists"
     ),
@@ -121,6 +121,22 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("base.py", "copied.add(n)", "call -> pass"): (
         "each entry then copies its bucket again, a copy of the copy already changed: the same records "
         "(the original bucket is still never touched); emptied buckets are kept, which no method shows"
+    ),
+    ("upkeep.py", 'if problem == "deleted" and self._jfd >= 0:', "0 -> 1"): (
+        "descriptor 0 is standard input: the journal's descriptor is never 0"
+    ),
+    ("upkeep.py", 'if problem == "deleted" and self._jfd >= 0:', "and -> or"): (
+        "for a truncated or overwritten journal, reading on from the descriptor finds nothing new"
+    ),
+    ("jsonfile.py", "if self._jfd >= 0:", "0 -> 1"): "descriptor 0 is standard input: the journal's is never 0",
+    ("upkeep.py", 'next_id = doc["next_id"] if type(doc.get("next_id")) is int else 1', "1 -> 0"): (
+        "next_id is then raised to at least the last id + 1, which is 1 or more"
+    ),
+    ("upkeep.py", 'if state.problem != "invalid" or state.seen != now:', "!= -> =="): (
+        "it only decides whether the same invalid file is logged again"
+    ),
+    ("upkeep.py", "parsed = journal.parse(data, self.journal_path, self._jline + 1, at_start=False)", "1 -> 2"): (
+        "a line number for an error message that this (suppressed) read never shows"
     ),
 }
 

@@ -993,3 +993,75 @@ def test_a_journal_deleted_under_two_servers_is_repaired_from_what_it_still_hold
     add(b, "from b")
     assert titles(b) == ["a", "b", "from b"]
     assert titles(open_store(tmp_path)) == ["a", "b", "from b"]
+
+
+def test_a_list_file_typed_by_hand_gives_out_ids_from_1(tmp_path):
+    (tmp_path / "books.json").write_text("[]")  # no header: no next_id
+    assert add(open_store(tmp_path), "first")["id"] == 1
+
+
+def test_a_collection_file_that_appears_while_stopped_restarts_the_journal(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    checkpoint(store)
+    store.close()
+    (tmp_path / "members.json").write_text('[{"id": 1, "email": "typed@example.org"}]')
+    reopened = open_store(tmp_path)
+    assert reopened.snapshot().get("members", 1)["email"] == "typed@example.org"
+    with pytest.raises(JournalTruncatedError):  # what changed is unknown: clients reload
+        reopened.events_since(0, 10)
+
+
+def test_a_replay_at_start_is_recorded_so_the_next_start_keeps_the_journal(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "a")
+    checkpoint(store)
+    add(store, "b")  # only in the journal: the next start replays it into books.json
+    open_store(tmp_path)
+    third = open_store(tmp_path)
+    assert titles(third) == ["a", "b"]
+    events, _ = third.events_since(0, 10)  # the journal went on: no restart, no reload
+    assert [e["book"]["title"] for e in events] == ["a", "b"]
+
+
+def test_items_skip_what_the_transaction_deleted_and_keep_the_rest(tmp_path):
+    store = open_store(tmp_path)
+    for title in ("a", "b", "c"):
+        add(store, title)
+
+    def look(txn):
+        txn.delete("books", 2)
+        txn.put("books", {"id": 3, "title": "c2"})
+        return [(rid, rec["title"]) for rid, rec in txn.items("books")]
+
+    with pytest.raises(RuntimeError):
+        store.update(lambda txn: (look(txn), (_ for _ in ()).throw(RuntimeError("look only"))))
+    assert store.update(look) == [(1, "a"), (3, "c2")]
+
+
+def test_compaction_while_a_file_is_missing_keeps_what_it_lacks(tmp_path):
+    store = open_store(tmp_path, journal_keep=2)
+    add(store, "a")
+    checkpoint(store)
+    add(store, "b")
+    checkpoint(store)  # books.json recorded twice: now a previous and a latest checkpoint
+    add(store, "c")  # the journal alone holds it
+    os.replace(tmp_path / "books.json", tmp_path / "aside")
+    for i in range(10):  # other writes go on, and the journal is compacted meanwhile
+        store.update(lambda txn, i=i: txn.insert("members", {"email": f"m{i}@example.org"}))
+    checkpoint(store)
+    os.replace(tmp_path / "aside", tmp_path / "books.json")
+    store.maintain()
+    store.close()
+    assert titles(open_store(tmp_path)) == ["a", "b", "c"]
+
+
+def test_following_a_compaction_leaves_no_descriptor_open(tmp_path):
+    a, b = open_store(tmp_path, journal_keep=2), open_store(tmp_path, journal_keep=2)
+    fds = len(os.listdir("/proc/self/fd"))
+    for round_ in range(5):
+        for i in range(6):
+            add(a, f"{round_}-{i}")
+        checkpoint(a)  # a new journal file each time...
+        b.snapshot()  # ...which b follows
+    assert len(os.listdir("/proc/self/fd")) <= fds + 1

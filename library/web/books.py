@@ -68,7 +68,14 @@ def list_books() -> Response:
 
 
 @bp.post("/books")
-@documented(body=BookSchema, response=BookSchema, status=201, errors=(400, 409, 415, 422), auth="librarian")
+@documented(
+    body=BookSchema,
+    response=BookSchema,
+    status=201,
+    also={200: "Updated an existing book"},
+    errors=(400, 409, 415, 422),
+    auth="librarian",
+)
 def create_book() -> Response:
     """Add a book, or update the one with the same ISBN or title, author and year (200)."""
     actor = signed_in("librarian")

@@ -170,7 +170,8 @@ class LibraryRequest(Request):
         self, total_content_length: int | None, content_type: str | None, filename: str | None = None,
         content_length: int | None = None,
     ) -> Any:  # fmt: skip
-        if filename is None or not (self.endpoint or "").startswith("books.upload_"):
+        view_fn = current_app.view_functions.get(self.endpoint or "")
+        if filename is None or not getattr(view_fn, "openapi", {}).get("upload"):  # a route documented as an upload
             return super()._get_file_stream(total_content_length, content_type, filename, content_length)
         stream = uploads.spool(data_dir())
         g.setdefault("upload_spools", []).append(stream)

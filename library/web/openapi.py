@@ -68,8 +68,8 @@ def _operation(view_fn: Callable[..., Any], doc: dict[str, Any], params: list[di
             str(status): {"description": HTTP_STATUS_CODES[status], **({"content": content} if content else {})}
         },
     }
-    if status == 201 and view_fn.__name__ == "create_book":
-        op["responses"]["200"] = {"description": "Updated an existing book", "content": content}
+    for code, description in doc.get("also", {}).items():  # a second success, such as an upsert's update
+        op["responses"][str(code)] = {"description": description, "content": content}
     if doc.get("query"):
         op["parameters"].append({"in": "query", "schema": doc["query"]})
     if doc.get("upload"):
