@@ -138,6 +138,17 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("upkeep.py", "parsed = journal.parse(data, self.journal_path, self._jline + 1, at_start=False)", "1 -> 2"): (
         "a line number for an error message that this (suppressed) read never shows"
     ),
+    ("upkeep.py", "state.expected = known[-1] if known and len(known[-1]) == 4 else None", "1 -> 0"): (
+        "every checkpoint record of this format has 4 fields: the length test gives the same answer for the first"
+    ),
+    (
+        "upkeep.py",
+        "state.dirty_since = None if table is None or checkpoint[3] >= table.seq else checkpoint[3] + 1",
+        "1 -> 2",
+    ): ("compaction is also bounded by the seq of the file actually on disk, which keeps the line this would let go"),
+    ("jsonfile.py", "os.ftruncate(self._jfd, start)", "call -> pass"): (
+        "a torn tail left by a failed write is cut by the next writer that holds the lock, before it appends"
+    ),
 }
 
 

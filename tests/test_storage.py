@@ -1065,3 +1065,31 @@ def test_following_a_compaction_leaves_no_descriptor_open(tmp_path):
         checkpoint(a)  # a new journal file each time...
         b.snapshot()  # ...which b follows
     assert len(os.listdir("/proc/self/fd")) <= fds + 1
+
+
+def test_compaction_while_a_file_with_one_checkpoint_is_missing_keeps_what_it_lacks(tmp_path):
+    store = open_store(tmp_path, journal_keep=2)
+    add(store, "a")
+    checkpoint(store)  # books.json's one and only checkpoint
+    add(store, "b")  # the journal alone holds it
+    os.replace(tmp_path / "books.json", tmp_path / "aside")
+    for i in range(10):
+        store.update(lambda txn, i=i: txn.insert("members", {"email": f"m{i}@example.org"}))
+    checkpoint(store)  # compacts: must keep "b", which no file holds
+    os.replace(tmp_path / "aside", tmp_path / "books.json")
+    store.maintain()
+    store.close()
+    assert titles(open_store(tmp_path)) == ["a", "b"]
+
+
+def test_reloading_after_a_repair_elsewhere_leaves_no_descriptor_open(tmp_path):
+    a, b = open_store(tmp_path), open_store(tmp_path)
+    fds = len(os.listdir("/proc/self/fd"))
+    for round_ in range(4):
+        add(a, f"book {round_}")
+        b.snapshot()
+        os.truncate(tmp_path / "journal.jsonl", 0)
+        a.maintain()  # a holds every change: it repairs, with a new lineage...
+        b.maintain()  # ...and b reloads from the files
+        assert titles(b) == titles(a)
+    assert len(os.listdir("/proc/self/fd")) <= fds + 1
