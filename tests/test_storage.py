@@ -1093,3 +1093,51 @@ def test_reloading_after_a_repair_elsewhere_leaves_no_descriptor_open(tmp_path):
         b.maintain()  # ...and b reloads from the files
         assert titles(b) == titles(a)
     assert len(os.listdir("/proc/self/fd")) <= fds + 1
+
+
+def test_count_is_the_number_of_records(tmp_path):
+    store = open_store(tmp_path)
+    for title in ("a", "b"):
+        add(store, title)
+    assert store.snapshot().count("books") == 2 and store.snapshot().count("members") == 0
+
+
+def test_events_of_another_process_are_there_without_a_read_first(tmp_path):
+    a, b = open_store(tmp_path), open_store(tmp_path)
+    start = b.seq
+    add(a, "from a")
+    events, _ = b.events_since(start, 10)  # no snapshot() call in between
+    assert [e["book"]["title"] for e in events] == ["from a"]
+
+
+def test_a_file_edited_while_stopped_older_than_the_journal_reaches_is_refused_at_start(tmp_path):
+    store = open_store(tmp_path, journal_keep=2)
+    add(store, "a")
+    checkpoint(store)
+    opened = (tmp_path / "books.json").read_text()
+    for i in range(10):
+        add(store, f"later {i}")
+    checkpoint(store)
+    store.close()
+    (tmp_path / "books.json").write_text(opened.replace('"title":"a"', '"title":"A"'))
+    with pytest.raises(CorruptFileError, match="older than the journal reaches"):
+        open_store(tmp_path, journal_keep=2)
+
+
+def test_a_bad_first_record_is_named_by_its_line(tmp_path):
+    (tmp_path / "books.json").write_text('{"seq": 1, "next_id": 2, "books": [\n  {"title": "no id"}\n]}')
+    with pytest.raises(CorruptFileError) as caught:
+        open_store(tmp_path)
+    assert caught.value.line == 2
+
+
+def test_following_compactions_of_another_process_leaves_no_descriptor_open(tmp_path):
+    a, b = open_store(tmp_path, journal_keep=2), open_store(tmp_path, journal_keep=2)
+    b.snapshot()
+    fds = len(os.listdir("/proc/self/fd"))
+    for round_ in range(5):
+        for i in range(6):
+            add(a, f"{round_}-{i}")
+        checkpoint(a)
+        b.maintain()  # follows a's compacted journal under the lock
+    assert len(os.listdir("/proc/self/fd")) <= fds + 1
