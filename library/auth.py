@@ -23,7 +23,7 @@ import argon2
 import jwt
 
 from library.errors import LockedOut
-from storage import Txn
+from storage import Txn, journal
 
 ALGORITHM = "HS256"
 MIN_SECRET_BYTES = 32
@@ -96,24 +96,14 @@ def load_secret(configured: str, data_dir: Path) -> bytes:
     if not path.exists():
         # Written whole under another name, then linked into place: a process that loses the race
         # reads the winner's key, never a half-written file.
-        candidate = data_dir / f"{SECRET_FILE}.{os.getpid()}.new"
-        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, secrets.token_urlsafe(48).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        candidate, _ = journal.write_temp(path, [secrets.token_urlsafe(48).encode() + b"\n"])
         try:
             os.link(candidate, path)
         except FileExistsError:
             pass
         finally:
             candidate.unlink(missing_ok=True)
-        dir_fd = os.open(data_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        journal.fsync_dir(data_dir)
     key = path.read_bytes().strip()
     if len(key) < MIN_SECRET_BYTES:
         raise SecretError(f"{path} holds fewer than {MIN_SECRET_BYTES} bytes; delete it to have a new one made")
