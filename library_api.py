@@ -46,7 +46,7 @@ from library.readmodel import CatalogueView
 from library.records import COLLECTIONS
 from library.web import register_blueprints
 from library.web.books import file_name
-from library.web.http import IdConverter, LibraryRequest, OrjsonProvider, drop_spools
+from library.web.http import IdConverter, LibraryRequest, OrjsonProvider, drop_spools, safe_headers
 from library.web.live import release_live_slot, reserve_live_slot, sock
 from library.web.problems import register_errors
 from storage import (
@@ -213,6 +213,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         str(app.config["SECRET_KEY"] or ""), Path(app.extensions["library_store"].directory)
     )
     register_errors(app)
+    app.after_request(safe_headers)
     register_blueprints(app)
     library_store = app.extensions["library_store"]
     app.extensions["library_feed"] = live.Feed(library_store, int(app.config["WS_MAX_CONNECTIONS"]))

@@ -136,11 +136,12 @@ class Claims:
     version: int
 
 
-def read_token(secret: bytes, token: str) -> Claims:
+def read_token(secret: bytes, token: str, max_ttl: int | None = None) -> Claims:
     """The member id and token version a token carries, after checking its signature and expiry.
 
+    :param max_ttl: the longest lifetime a token may claim (``exp`` - ``iat``), in seconds.
     :raises TokenError: when the token is malformed, not HS256, signed with another key, expired,
-        or missing a claim.
+        missing a claim, or claims a lifetime past ``max_ttl``.
     """
     try:
         claims = jwt.decode(
@@ -150,7 +151,10 @@ def read_token(secret: bytes, token: str) -> Claims:
         raise TokenError("The token has expired; sign in again") from None
     except jwt.InvalidTokenError:
         raise TokenError("The token is not valid; sign in again") from None
-    sub, ver = claims["sub"], claims["ver"]
+    sub, ver, exp, iat = claims["sub"], claims["ver"], claims["exp"], claims["iat"]
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (exp, iat))
+    if not numbers or (max_ttl is not None and exp - iat > max_ttl):
+        raise TokenError("The token is not valid; sign in again")
     if not (
         isinstance(sub, str) and sub.isascii() and sub.isdigit() and isinstance(ver, int) and not isinstance(ver, bool)
     ):

@@ -97,13 +97,23 @@ class ReadCache:
         body, etag = found
         match = environ.get("HTTP_IF_NONE_MATCH")
         if match and parse_etags(match).contains(etag.strip('"')):
-            start_response("304 NOT MODIFIED", [("ETag", etag), ("Cache-Control", "no-cache")])
+            start_response(
+                "304 NOT MODIFIED",
+                [
+                    ("ETag", etag),
+                    ("Cache-Control", "no-cache"),
+                    ("X-Content-Type-Options", "nosniff"),
+                    ("X-Frame-Options", "DENY"),
+                ],
+            )
             return []
         headers = [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),
             ("ETag", etag),
             ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("X-Frame-Options", "DENY"),
         ]
         start_response("200 OK", headers)
         return [body]

@@ -9,7 +9,7 @@ from typing import Any
 import flask
 import pytest
 
-from tests.conftest import BOOK, assert_problem, client_as
+from tests.conftest import BOOK, add_member, assert_problem, client_as
 
 # -- errors and media types ----------------------------------------------------------------------
 
@@ -303,3 +303,36 @@ def test_an_updater_that_reads_the_request_fails_loudly(app):
             store.update(lambda txn: flask.request.headers.get("X-Who"))
         with pytest.raises(RuntimeError, match="outside of application context"):
             store.update(lambda txn: flask.current_app.config["SECRET_KEY"])
+
+
+@pytest.mark.parametrize("path", ["/", "/docs", "/books", "/books/1", "/healthz", "/nothing-here", "/openapi.json"])
+def test_every_answer_forbids_sniffing_and_framing(anon, book, path):
+    for _ in range(2):  # the second answer of a list page or a book comes from the read cache
+        with anon.get(path) as response:
+            headers, mimetype = response.headers, response.mimetype
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["X-Frame-Options"] == "DENY"
+    if mimetype == "text/html":
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": "4102444800"},  # a string
+        {"exp": 1e300},  # a number far past the configured lifetime
+        {"exp": True},
+    ],
+)
+def test_a_token_signed_with_the_key_but_an_impossible_expiry_is_refused(app, claims):
+    import jwt
+
+    member = add_member(app, "exp@example.org")
+    now = int(time.time())
+    token = jwt.encode(
+        {"sub": str(member["id"]), "ver": 0, "role": "member", "iat": now, **claims},
+        app.extensions["library_secret"],
+        algorithm="HS256",
+    )
+    response = app.test_client().get("/members/me", headers={"Authorization": f"Bearer {token}"})
+    assert_problem(response, 401)

@@ -147,7 +147,9 @@ def signed_in(role: str = "member") -> dict[str, Any]:
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("Send the token as Authorization: Bearer <token>", invalid_token=True)
     try:
-        claims = auth.read_token(current_app.extensions["library_secret"], token.strip())
+        claims = auth.read_token(
+            current_app.extensions["library_secret"], token.strip(), int(current_app.config["TOKEN_TTL"])
+        )
     except auth.TokenError as exc:
         raise unauthorized(str(exc), invalid_token=True) from None
     member = store().snapshot().get("members", claims.member_id)
@@ -176,6 +178,15 @@ class LibraryRequest(Request):
         stream = uploads.spool(data_dir())
         g.setdefault("upload_spools", []).append(stream)
         return stream
+
+
+def safe_headers(response: Response) -> Response:
+    """On every answer: no type sniffing, and no framing by another site (clickjacking)."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    if response.mimetype == "text/html" and "Content-Security-Policy" not in response.headers:
+        response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    return response
 
 
 def drop_spools(exc: BaseException | None) -> None:
