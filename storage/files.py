@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import orjson
 
 from storage.base import Record, Table
-from storage.errors import StorageError
+from storage.errors import CorruptFileError
 from storage.journal import FileStat
 
 log = logging.getLogger("library_api.storage")
@@ -47,7 +47,7 @@ class _File:
     expected: Checkpoint | None = None  # the last checkpoint recorded in the journal
     previous: Checkpoint | None = None  # the one before (its rename may not have happened yet)
     problem: str | None = None  # "missing" or "invalid" while writes to it are refused
-    error: StorageError | None = None
+    error: CorruptFileError | None = None  # why an invalid file was refused
     seen: FileStat | None = None  # the version judged invalid, not parsed again
     dirty_since: int | None = None  # first seq not in the file yet
 

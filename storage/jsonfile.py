@@ -253,7 +253,7 @@ class JsonStore(Upkeep, Store):
             self._check_files_locked()
             for name, state in self._files.items():
                 if state.problem:
-                    raise state.error or StoreUnavailableError(f"{self._paths[name]} is {state.problem}")
+                    raise StoreUnavailableError(self._refusal(name))
             self._checkpoint_locked(force=True)
             yield self._snap
 
@@ -282,14 +282,14 @@ class JsonStore(Upkeep, Store):
         """What stands in the way of writes: ``{"writable": bool, "problems": [...]}``, where each
         problem names the file and what is wrong with it."""
         problems = []
+        journal_name = self.journal_path.name
         if self._poisoned is not None:
-            problems.append({"file": str(self.journal_path), "problem": self._poisoned})
+            problems.append({"file": journal_name, "problem": self._poisoned})
         elif self._health.journal_problem:
-            problems.append({"file": str(self.journal_path), "problem": self._health.journal_problem})
+            problems.append({"file": journal_name, "problem": f"{journal_name} was {self._health.journal_problem}"})
         for name, state in self._files.items():
             if state.problem:
-                detail = str(state.error) if state.error else f"{self._paths[name]} is {state.problem}"
-                problems.append({"file": str(self._paths[name]), "problem": detail})
+                problems.append({"file": self._paths[name].name, "problem": self._refusal(name)})
         return {"writable": not problems, "problems": problems, "seq": self._snap.seq}
 
     def start(self, interval: float = 0.25) -> None:
@@ -373,10 +373,19 @@ class JsonStore(Upkeep, Store):
         for collection in {c.collection for c in txn.changes()}:
             state = self._files[collection]
             if state.problem:
-                raise StoreUnavailableError(
-                    f"{self._paths[collection]} is {state.problem}, so changes to it are refused until it "
-                    f"is back: {state.error or 'put the file back'}"
-                )
+                raise StoreUnavailableError(self._refusal(collection))
+
+    def _refusal(self, name: str) -> str:
+        """Why changes to collection ``name`` are refused, naming its file (not where it lives:
+        this goes out in answers)."""
+        state, file = self._files[name], self._paths[name].name
+        if state.problem == "missing":
+            return f"{file} is missing: changes to it are refused until it is put back"
+        error = state.error
+        if isinstance(error, CorruptFileError):
+            where = f" at line {error.line}" if error.line is not None else ""
+            return f"{file}: {error.reason}{where}; changes to it are refused until the file is fixed"
+        return f"{file} is {state.problem}: changes to it are refused"
 
     def _commit(
         self, changes: list[Change], next_ids: dict[str, int], files: dict[str, Checkpoint] | None = None

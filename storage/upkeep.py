@@ -66,7 +66,7 @@ class Upkeep:
         waited = time.monotonic() - self._health.problem_since
         if head > self._snap.seq and waited < 10:
             raise StoreUnavailableError(
-                f"{self.journal_path} was {problem} under the running server; the worker that holds change "
+                f"{self.journal_path.name} was {problem} under the running server; the worker that holds change "
                 f"{head} is repairing it (this one has {self._snap.seq}). Try again in a moment"
             )
         if head > self._snap.seq:
@@ -147,10 +147,7 @@ class Upkeep:
             if now is None:
                 if state.problem != "missing":
                     log.error("%s is missing; the server keeps what it holds and refuses changes to it", path)
-                state.problem, state.seen = "missing", None
-                state.error = StoreUnavailableError(
-                    f"{path} is missing; put it back (changes to it are refused until then)"
-                )
+                state.problem, state.error, state.seen = "missing", None, None
                 continue
             if state.problem == "invalid" and now == state.seen:
                 continue
@@ -473,8 +470,8 @@ class Upkeep:
             # hold: a running worker may hold them and be about to write them out. Starting a new
             # journal from the files now would lose them.
             raise JournalLostError(
-                f"{self.journal_path} is missing, and changes up to {head} were committed after what the collection "
-                f"files hold ({seq}); waiting for the worker that holds them to write them out"
+                f"{self.journal_path.name} is missing, and changes up to {head} were committed after what the "
+                f"collection files hold ({seq}); waiting for the worker that holds them to write them out"
             )
         self._snap = Snapshot(seq, tables)
         self._floor = floor
