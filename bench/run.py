@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote, unquote, urlencode
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -382,7 +382,35 @@ LOG_PROBLEM = re.compile(r"\bERROR\b|CRITICAL|WORKER TIMEOUT|^[\w.]+(Error|Excep
 """Lines of the server's log that tell of a problem: logged errors and the exception of a traceback."""
 
 
-class Server:
+class Managed:
+    """A server in a ``with`` block: started on entry, stopped and its temporary folder removed on
+    exit (also when starting fails half-way)."""
+
+    tmp: Path | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self.stop()
+        finally:
+            if self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Server(Managed):
     """gunicorn serving library_api as the Procfile starts it, on a temporary copy of a catalogue.
 
     ``extra_files`` maps file names to files copied into the data directory beside books.json
@@ -407,21 +435,6 @@ class Server:
         self.health: dict[str, Any] = {}
         self.startup_s = 0.0
         self.ready_s = 0.0
-
-    def __enter__(self) -> Server:
-        try:
-            self.start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        try:
-            self.stop()
-        finally:
-            if self.tmp is not None:
-                shutil.rmtree(self.tmp, ignore_errors=True)
 
     def start(self) -> None:
         """Start gunicorn and wait until it is healthy and its workers are idle."""
@@ -675,7 +688,7 @@ def json_server_command() -> tuple[list[str], str]:
     raise JsonServerMissing("json-server 1.0 needs Node.js >= 22.12 (bench/package.json installs one with npm ci)")
 
 
-class JsonServer:
+class JsonServer(Managed):
     """json-server 1.0 (one Node.js process) on a temporary ``db.json`` holding ``{"books": [...]}``,
     the same records as the catalogue. A context manager like :class:`Server`.
 
@@ -691,21 +704,6 @@ class JsonServer:
         self.tmp: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_s = 0.0
-
-    def __enter__(self) -> JsonServer:
-        try:
-            self.start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        try:
-            self.stop()
-        finally:
-            if self.tmp is not None:
-                shutil.rmtree(self.tmp, ignore_errors=True)
 
     def start(self) -> None:
         """Write db.json, start json-server on it, wait until it answers and is idle."""
