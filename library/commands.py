@@ -25,7 +25,7 @@ from library.context import (
     write_books,
     writer_index,
 )
-from library.importer import DryRun, _clip, _import_fields, _reason, import_rows
+from library.importer import DryRun, _clip, _import_fields, _reason, import_file
 from library.records import COLLECTIONS
 from library.schemas import (
     RegisterSchema,
@@ -55,19 +55,19 @@ def load_books_command(path: Path, dry_run: bool, replace_sample: bool) -> None:
     if loader.wants_progress(len(rows), sys.stderr):
         label = f"{'Checking' if dry_run else 'Importing'} {path.name}"
         with click.progressbar(length=len(rows), label=label, file=sys.stderr) as bar:
-            report = import_rows(rows, dry_run, progress=bar.update)
+            report = import_file(book_file, path.name, dry_run, progress=bar.update)
     else:
-        report = import_rows(rows, dry_run)
-    for line, text in report["lines"]:
-        click.echo(f"line {line}: {text}")
+        report = import_file(book_file, path.name, dry_run)
+    for line in report["lines"]:
+        click.echo(f"line {line['line']}: {line['text']}")
     if report["unchanged_lines"]:
         click.echo(f"unchanged (each the same as its book): {_line_ranges(report['unchanged_lines'])}")
     prefix = "dry run: would have " if dry_run else ""
     click.echo(
         f"{prefix}created {report['created']}, updated {report['updated']}, "
-        f"unchanged {report['unchanged']}, skipped {len(report['skipped'])}, "
+        f"unchanged {report['unchanged']}, skipped {report['skipped']}, "
         f"merged {report['merged']}, warnings {report['warnings']} "
-        f"(of {len(rows)} rows in {path.name}, read as {book_file.format_name})"
+        f"(of {report['rows']} rows in {report['file']}, read as {report['format_name']})"
     )
 
 
@@ -176,16 +176,9 @@ def restore_command(path: Path, force: bool) -> None:
         click.echo(f"the data it replaced is kept in {aside}")
 
 
-def _line_ranges(lines: list[int]) -> str:
-    """``[2, 3, 4, 7]`` as "lines 2-4, 7"."""
-    spans: list[list[int]] = []
-    for line in lines:
-        if spans and line <= spans[-1][1] + 1:
-            spans[-1][1] = line
-        else:
-            spans.append([line, line])
-    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
-    return f"line{'s' if len(lines) > 1 else ''} {text}"
+def _line_ranges(spans: str) -> str:
+    """ "2-4, 7" as "lines 2-4, 7" ("line 7" alone)."""
+    return f"line{'s' if ',' in spans or '-' in spans else ''} {spans}"
 
 
 @click.command("remove-sample")

@@ -95,6 +95,44 @@ def import_rows(
     return report
 
 
+def import_file(
+    book_file: loader.BookFile, name: str, dry_run: bool = False, progress: Callable[[int], Any] | None = None
+) -> dict[str, Any]:
+    """Import a book file as read by :mod:`library.loader` (the CLI's ``load-books`` and
+    ``POST /imports`` alike) and report it: the counts, the format, and each line's text as the
+    CLI prints it after ``line N:``.
+
+    :param name: the file's name, as the report calls it.
+    """
+    report = import_rows(book_file.rows, dry_run, progress)
+    return {
+        "file": name,
+        "format": book_file.format,
+        "format_name": book_file.format_name,
+        "rows": len(book_file.rows),
+        "dry_run": dry_run,
+        "created": report["created"],
+        "updated": report["updated"],
+        "unchanged": report["unchanged"],
+        "merged": report["merged"],
+        "skipped": len(report["skipped"]),
+        "warnings": report["warnings"],
+        "lines": [{"line": line, "text": text} for line, text in report["lines"]],
+        "unchanged_lines": line_spans(report["unchanged_lines"]),
+    }
+
+
+def line_spans(lines: list[int]) -> str:
+    """``[2, 3, 4, 7]`` as "2-4, 7"."""
+    spans: list[list[int]] = []
+    for line in lines:
+        if spans and line <= spans[-1][1] + 1:
+            spans[-1][1] = line
+        else:
+            spans.append([line, line])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 IMPORT_IGNORED = {"id", "status", "due_at", "cover_url", "document_url", "created_at", "updated_at"}
 
 

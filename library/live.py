@@ -116,6 +116,18 @@ class Feed:
             self._changed.notify_all()
 
 
+def text_frame_header(length: int) -> bytes:
+    """The header of an unfragmented, unmasked websocket text frame of ``length`` bytes (RFC 6455
+    5.2): what a server sends before the payload. The same for every connection, so a message is
+    encoded once and its bytes sent as they are to each (an uncompressed frame is valid whether or
+    not the connection negotiated permessage-deflate: RFC 7692 7.2.3)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 1 << 16:
+        return bytes((0x81, 126)) + length.to_bytes(2, "big")
+    return bytes((0x81, 127)) + length.to_bytes(8, "big")
+
+
 class LockedSocket:
     """A socket whose sends hold a lock and send everything: a websocket connection's frames are
     sent both by its handler and by the websocket library's own thread (pings, pongs, close)."""
@@ -128,6 +140,12 @@ class LockedSocket:
         with self._lock:
             self._sock.sendall(data)
         return len(data)
+
+    def send_text(self, payload: bytes) -> None:
+        """Send ``payload`` (UTF-8 JSON) as one text frame, without copying it into the frame."""
+        with self._lock:
+            self._sock.sendall(text_frame_header(len(payload)))
+            self._sock.sendall(payload)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

@@ -134,12 +134,22 @@ def read_file(path: Path) -> BookFile:
         raw = path.read_bytes()
     except OSError as exc:
         raise UnreadableFileError(f"{path}: {exc.strerror}") from None
+    return read_data(raw, str(path))
+
+
+def read_data(raw: bytes, name: str) -> BookFile:
+    """A book file's content (an upload), its format told from it; ``name`` is what the messages
+    call it.
+
+    :raises UnreadableFileError: when it is binary, broken JSON or has a header row of no format
+        known here.
+    """
     text = _decode(raw)
     if "\x00" in text:
-        raise UnreadableFileError(f"{path}: a binary file, not a book file (JSON, CSV or TSV)")
+        raise UnreadableFileError(f"{name}: a binary file, not a book file (JSON, CSV or TSV)")
     if text.lstrip()[:1] in ("[", "{"):
-        return BookFile("json", list(_json_rows(text, path)))
-    return _table(text, path)
+        return BookFile("json", list(_json_rows(text, name)))
+    return _table(text, name)
 
 
 def read_rows(path: Path) -> list[Row]:
@@ -184,7 +194,7 @@ def _decode(raw: bytes) -> str:
 # -- JSON ----------------------------------------------------------------------------------------
 
 
-def _json_rows(text: str, path: Path) -> Iterator[Row]:
+def _json_rows(text: str, path: str | Path) -> Iterator[Row]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -206,7 +216,7 @@ def _json_rows(text: str, path: Path) -> Iterator[Row]:
 # -- CSV and TSV ---------------------------------------------------------------------------------
 
 
-def _table(text: str, path: Path) -> BookFile:
+def _table(text: str, path: str | Path) -> BookFile:
     """A delimited file, its format (and delimiter) told from its header row."""
     for delimiter in ("\t", ",", ";"):
         header = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True), [])
@@ -234,7 +244,7 @@ def _kind(columns: set[str]) -> str | None:
     return None
 
 
-def _table_rows(text: str, path: Path, delimiter: str, kind: str) -> Iterator[Row]:
+def _table_rows(text: str, path: str | Path, delimiter: str, kind: str) -> Iterator[Row]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
     mapper = {"goodreads": _goodreads, "librarything": _librarything, "csv": _ours}[kind]
     try:

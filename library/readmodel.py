@@ -54,6 +54,9 @@ class CatalogueView:
         self._built = self.state.built
         self._pending = self.state.pending
         self._unavailable: dict[str, set[int]] | None = None
+        self._catalogue_lock = threading.Lock()
+        self._catalogue_message: bytes | None = None
+        self._genres: list[str] | None = None
 
     @classmethod
     def of(cls, snap: Snapshot, store: Store | None = None) -> CatalogueView:
@@ -158,6 +161,30 @@ class CatalogueView:
             checked_out = {bid for bid in self.open_loans if bid in self.books}
             on_hold = {bid for bid in self.kept if bid in self.books and bid not in checked_out}
             found = self._unavailable = {"checked_out": checked_out, "on_hold": on_hold}
+        return found
+
+    def catalogue_message(self) -> bytes:
+        """The websocket's ``initial_load`` message of this view: the whole catalogue, encoded
+        once for every connection that asks at this seq (it goes with the view, so with the
+        snapshot: a write replaces it, and the next connection builds the next one)."""
+        found = self._catalogue_message
+        if found is None:
+            self.unavailable()  # built outside the lock below (they take the view's own lock)
+            with self._catalogue_lock:
+                found = self._catalogue_message
+                if found is None:
+                    books = [self.public(book_id) for book_id in self.books]
+                    found = orjson.dumps({"action": "initial_load", "seq": self.seq, "books": books})
+                    self._catalogue_message = found
+        return found
+
+    def genres(self) -> list[str]:
+        """The genres of the catalogue, sorted case-insensitively, each as first written (of the
+        book with the lowest id among those that share it, whatever their case)."""
+        found = self._genres
+        if found is None:
+            names = [self.books[min(ids)].get("genre") for key, ids in self.index("genre").items() if key]
+            found = self._genres = sorted((n for n in names if n), key=lambda name: (fold(name), name))
         return found
 
     # -- one book ----------------------------------------------------------------------------------

@@ -465,7 +465,98 @@ class PaymentResultSchema(Schema):
     fines_due = fields.Float(metadata={"description": "What the member still owes."})
 
 
+class ImportFormSchema(StrictSchema):
+    """The form fields of ``POST /imports`` beside the file."""
+
+    dry_run = fields.Boolean(load_default=False, metadata={"description": "Report what would change; write nothing."})
+
+
+class ImportLineSchema(Schema):
+    class Meta:
+        ordered = True
+
+    line = fields.Integer(metadata={"description": "The line of the file the row starts on."})
+    text = fields.String(metadata={"description": "As load-books prints it after the line number."})
+
+
+class ImportReportSchema(Schema):
+    """What an import did: the same report as ``flask load-books``."""
+
+    class Meta:
+        ordered = True
+
+    file = fields.String()
+    format = fields.String(metadata={"enum": ["json", "csv", "goodreads", "librarything"]})
+    format_name = fields.String()
+    rows = fields.Integer()
+    dry_run = fields.Boolean()
+    created = fields.Integer()
+    updated = fields.Integer()
+    unchanged = fields.Integer()
+    merged = fields.Integer()
+    skipped = fields.Integer()
+    warnings = fields.Integer()
+    lines = fields.List(
+        fields.Nested(ImportLineSchema),
+        metadata={"description": "Every row that did not simply create a book: updated, merged, warnings, skipped."},
+    )
+    unchanged_lines = fields.String(metadata={"description": 'The unchanged rows\' lines, as "5-9, 12".'})
+
+
+class GenresSchema(Schema):
+    genres = fields.List(fields.String(), metadata={"description": "Sorted, case-insensitively."})
+
+
+class WeekLoansSchema(Schema):
+    class Meta:
+        ordered = True
+
+    week = fields.Date(metadata={"description": "The week's Monday (UTC)."})
+    loans = fields.Integer()
+
+
+class BorrowedSchema(Schema):
+    class Meta:
+        ordered = True
+
+    book_id = fields.Integer()
+    title = fields.String()
+    loans = fields.Integer()
+
+
+class OverdueSchema(Schema):
+    class Meta:
+        ordered = True
+
+    loan_id = fields.Integer()
+    book_id = fields.Integer()
+    title = fields.String(allow_none=True)
+    member_id = fields.Integer()
+    member_name = fields.String()
+    due_at = fields.DateTime()
+    days_overdue = fields.Integer()
+
+
+class StatsSchema(Schema):
+    """The librarian's overview."""
+
+    class Meta:
+        ordered = True
+
+    books = fields.Integer()
+    members = fields.Integer()
+    active_loans = fields.Integer(metadata={"description": "Open loans, the overdue ones included."})
+    overdue_now = fields.Integer()
+    holds_waiting = fields.Integer(metadata={"description": "Holds waiting for their book (not yet kept)."})
+    loans_per_week = fields.List(
+        fields.Nested(WeekLoansSchema), metadata={"description": "The last 12 weeks, oldest first, empty ones as 0."}
+    )
+    most_borrowed = fields.List(fields.Nested(BorrowedSchema), metadata={"description": "The top 10 of all time."})
+    overdue = fields.List(fields.Nested(OverdueSchema), metadata={"description": "At most 50, most overdue first."})
+
+
 borrow_schema = BorrowSchema()
+import_form_schema = ImportFormSchema()
 hold_request_schema = HoldRequestSchema()
 payment_schema = PaymentSchema()
 loan_query_schema = LoanQuerySchema()

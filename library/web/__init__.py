@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from flask import Flask
 
-from library.web import books, lending, live, members, service
+from library.web import books, imports, lending, live, members, service, stats
 
 
 def register_blueprints(app: Flask) -> None:
     """Mount every resource's routes on ``app``."""
-    for module in (books, members, lending, live, service):
+    for module in (books, members, lending, imports, stats, live, service):
         app.register_blueprint(module.bp)

@@ -6,18 +6,14 @@ import logging
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, request, send_from_directory, url_for
-from marshmallow import ValidationError
+from flask import Blueprint, Response, request, send_from_directory, url_for
 from werkzeug.exceptions import (
     NotFound,
-    RequestEntityTooLarge,
-    UnsupportedMediaType,
 )
 
 from library import books, catalogue, readcache, uploads
 from library.catalogue import BookQuery
 from library.context import (
-    UPLOAD_OVERHEAD,
     data_dir,
     now,
     stamp,
@@ -30,12 +26,22 @@ from library.schemas import (
     BookListSchema,
     BookQuerySchema,
     BookSchema,
+    GenresSchema,
     MessageSchema,
     book_patch_schema,
     book_query_schema,
     book_schema,
 )
-from library.web.http import conditional, documented, if_match, json_body, json_response, query_args, signed_in
+from library.web.http import (
+    conditional,
+    documented,
+    if_match,
+    json_body,
+    json_response,
+    query_args,
+    received_file,
+    signed_in,
+)
 from storage import (
     CorruptFileError,
     LockTimeoutError,
@@ -85,6 +91,14 @@ def create_book() -> Response:
     if outcome == "created":
         return book_response(book, 201, Location=url_for("books.get_book", book_id=book["id"]))
     return book_response(book)
+
+
+@bp.get("/genres")
+@documented(response=GenresSchema)
+def list_genres() -> Response:
+    """The genres of the catalogue, sorted (for a filter's choices)."""
+    current = view()
+    return conditional(orjson.dumps({"genres": current.genres()}), f'"{current.version}"')
 
 
 @bp.get("/books/<id:book_id>")
@@ -179,27 +193,7 @@ def attach_file(book_id: int, purpose: str) -> Response:
     actor = signed_in("librarian")
     if book_id not in view().books:
         raise NotFound("Book not found")
-    limit = int(float(current_app.config["MAX_UPLOAD_MB"]) * 1024 * 1024)
-    request.max_content_length = limit + UPLOAD_OVERHEAD  # werkzeug stops reading beyond it (413)
-    request.max_form_parts = 4  # each file part would hold a file open until the request ends
-    if request.content_length is not None and request.content_length > request.max_content_length:
-        raise RequestEntityTooLarge(f"The file is larger than the limit of {current_app.config['MAX_UPLOAD_MB']} MB")
-    if request.mimetype != "multipart/form-data":
-        raise UnsupportedMediaType("Send the file as multipart/form-data, in the field file")
-    try:
-        upload = request.files.get("file")
-    except RequestEntityTooLarge:
-        if request.content_length is not None and request.content_length <= request.max_content_length:
-            raise ValidationError({"file": ["Send the file alone, in the field file."]}) from None  # too many parts
-        too_large = f"The file is larger than the limit of {current_app.config['MAX_UPLOAD_MB']} MB"
-        raise RequestEntityTooLarge(too_large) from None
-    if upload is None:
-        raise ValidationError({"file": ["Send the file in the multipart field file."]})
-    if len(request.files.getlist("file")) > 1 or len(request.files) > 1:
-        raise ValidationError({"file": ["Send one file, in the field file."]})
-    client_name = upload.filename or ""
-    if any(bad in client_name for bad in ("/", "\\", "\x00", "..")):
-        raise ValidationError({"file": ["The file name must not contain a path, .. or NUL."]})
+    upload, limit = received_file()
     name, _, _ = uploads.save(upload.stream, purpose, limit)  # UploadError: answered as any refusal
     field, url, moment = f"{purpose}_url", f"/uploads/{name}", stamp(now())
 

@@ -11,10 +11,11 @@ import orjson
 from flask import Request, Response, current_app, g, request
 from flask.json.provider import JSONProvider
 from marshmallow import ValidationError
-from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.datastructures import FileStorage, WWWAuthenticate
 from werkzeug.exceptions import (
     BadRequest,
     Forbidden,
+    RequestEntityTooLarge,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -22,6 +23,7 @@ from werkzeug.routing import BaseConverter
 
 from library import auth, books, members, uploads
 from library.context import (
+    UPLOAD_OVERHEAD,
     data_dir,
     store,
 )
@@ -178,6 +180,39 @@ class LibraryRequest(Request):
         stream = uploads.spool(data_dir())
         g.setdefault("upload_spools", []).append(stream)
         return stream
+
+
+def received_file() -> tuple[FileStorage, int]:
+    """The upload of a route documented with ``upload=True``: its one file in the multipart field
+    ``file`` (spooled to disk as it arrived), and the size limit in bytes (``MAX_UPLOAD_MB``).
+
+    :raises RequestEntityTooLarge: beyond the limit (told from Content-Length before reading).
+    :raises UnsupportedMediaType: when the body is not multipart/form-data.
+    :raises ValidationError: without a file, with more than one, or with a path in its name.
+    """
+    limit_mb = current_app.config["MAX_UPLOAD_MB"]
+    limit = int(float(limit_mb) * 1024 * 1024)
+    request.max_content_length = limit + UPLOAD_OVERHEAD  # werkzeug stops reading beyond it (413)
+    request.max_form_parts = 4  # each file part would hold a file open until the request ends
+    too_large = f"The file is larger than the limit of {limit_mb} MB"
+    if request.content_length is not None and request.content_length > request.max_content_length:
+        raise RequestEntityTooLarge(too_large)
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType("Send the file as multipart/form-data, in the field file")
+    try:
+        upload = request.files.get("file")
+    except RequestEntityTooLarge:
+        if request.content_length is not None and request.content_length <= request.max_content_length:
+            raise ValidationError({"file": ["Send the file alone, in the field file."]}) from None  # too many parts
+        raise RequestEntityTooLarge(too_large) from None
+    if upload is None:
+        raise ValidationError({"file": ["Send the file in the multipart field file."]})
+    if len(request.files.getlist("file")) > 1 or len(request.files) > 1:
+        raise ValidationError({"file": ["Send one file, in the field file."]})
+    client_name = upload.filename or ""
+    if any(bad in client_name for bad in ("/", "\\", "\x00", "..")):
+        raise ValidationError({"file": ["The file name must not contain a path, .. or NUL."]})
+    return upload, limit
 
 
 def safe_headers(response: Response) -> Response:

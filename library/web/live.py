@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 from flask_sock import Sock
+from simple_websocket import ConnectionClosed
 from werkzeug.exceptions import (
     ServiceUnavailable,
 )
@@ -47,17 +48,19 @@ def list_changes() -> Response:
 
 @sock.route("/ws")
 def live_updates(ws: Any) -> None:
-    """Every change of the catalogue as it happens: ``initial_load`` first, or what was missed
-    after ``?since=<seq>``. Messages from the client are ignored."""
+    """Every change of the catalogue as it happens: ``initial_load`` first (``{"action": "ready",
+    "seq": N}`` instead with ``?catalogue=none``), or what was missed after ``?since=<seq>``.
+    Messages from the client are ignored."""
     ws.sock = live.LockedSocket(ws.sock)
     feed: live.Feed = current_app.extensions["library_feed"]
+    with_catalogue = request.args.get("catalogue") != "none"
     since = request.args.get("since", type=int)
     if since is not None:
         try:
             store().raw_events_since(since, 1)  # can the journal answer from there?
         except JournalTruncatedError:
             since = None
-    last = send_catalogue(ws) if since is None else since
+    last = send_start(ws, with_catalogue) if since is None else since
     while ws.connected and not feed.stopped:
         shared = feed.events_after(last)
         if shared is not None:
@@ -66,23 +69,40 @@ def live_updates(ws: Any) -> None:
             try:
                 found, last = store().raw_events_since(last, 500)
             except JournalTruncatedError:  # the client was away longer than the journal remembers
-                last = send_catalogue(ws)
+                last = send_start(ws, with_catalogue)
                 continue
             events = [data for _, data in found]
         for event in events:
-            ws.send(event.decode())
+            send_text(ws, event)
         while ws.receive(timeout=0) is not None:
             pass
         if shared is not None:
             feed.wait_beyond(last, timeout=1.0)
 
 
-def send_catalogue(ws: Any) -> int:
-    """Send the whole catalogue as one ``initial_load`` message; returns its seq."""
+def send_start(ws: Any, with_catalogue: bool) -> int:
+    """Send the first message, the whole catalogue as ``initial_load`` (encoded once per seq and
+    shared by every connection) or only ``ready`` with the seq; returns that seq."""
     current = view()
-    books = b",".join(current.encoded(book_id) for book_id in current.books)
-    ws.send(f'{{"action":"initial_load","seq":{current.seq},"books":[' + books.decode() + "]}")
+    if with_catalogue:
+        send_text(ws, current.catalogue_message())
+    else:
+        send_text(ws, b'{"action":"ready","seq":%d}' % current.seq)
     return current.seq
+
+
+def send_text(ws: Any, payload: bytes) -> None:
+    """Send JSON bytes as a text message, the same bytes for every connection: no per-connection
+    copy, decode or compression (and so no compressor kept per connection).
+
+    :raises ConnectionClosed: when the client is gone (the route then ends quietly).
+    """
+    if not ws.connected:
+        raise ConnectionClosed(ws.close_reason, ws.close_message)
+    try:
+        ws.sock.send_text(payload)
+    except OSError:
+        raise ConnectionClosed(ws.close_reason, ws.close_message) from None
 
 
 def reserve_live_slot() -> None:

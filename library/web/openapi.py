@@ -76,7 +76,7 @@ def _operation(view_fn: Callable[..., Any], doc: dict[str, Any], params: list[di
         binary = {
             "type": "object",
             "required": ["file"],
-            "properties": {"file": {"type": "string", "format": "binary"}},
+            "properties": {"file": {"type": "string", "format": "binary"}, **doc.get("upload_fields", {})},
         }
         op["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": binary}}}
     if doc.get("body"):
