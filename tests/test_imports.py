@@ -52,7 +52,8 @@ def test_an_import_reports_what_the_cli_prints(tmp_path, name, dry_run):
     options = ["--dry-run"] if dry_run else []
     result = cli_app.test_cli_runner().invoke(args=["load-books", *options, str(SAMPLES / name)])
     assert result.exit_code == 0, result.output
-    response = upload(client_as(web_app, "librarian"), (SAMPLES / name).read_bytes(), name, dry_run=str(dry_run).lower())
+    desk = client_as(web_app, "librarian")
+    response = upload(desk, (SAMPLES / name).read_bytes(), name, dry_run=str(dry_run).lower())
     assert response.status_code == 200, response.get_data(as_text=True)
     report = response.get_json()
     assert report["file"] == name and report["dry_run"] is dry_run
