@@ -5,6 +5,8 @@ worker follows the others' changes through the journal. The gthread worker is us
 websocket holds one thread for as long as it is open.
 """
 
+import ctypes
+import ctypes.util
 import os
 import signal
 
@@ -16,8 +18,10 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Each live websocket holds a thread for as long as it is open (LIBRARY_WS_MAX_CONNECTIONS per
-# worker, 24 by default); the rest serve ordinary requests.
-threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+# worker, 200 by default: a club evening's 200 page viewers fit even if one worker takes them all);
+# the other 40 serve ordinary requests. Threads are started as they are needed: an idle deploy
+# runs a few, and an idle websocket costs about 0.1 MB (see the README, Performance).
+threads = int(os.environ.get("GUNICORN_THREADS", "240"))
 timeout = 30
 graceful_timeout = 10
 keepalive = 5
@@ -27,6 +31,20 @@ preload_app = False
 control_socket_disable = True
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def post_fork(server, worker):
+    """Two malloc arenas per worker instead of glibc's eight per core: with a thread per live
+    connection, memory one thread frees (a catalogue message built for a new seq) is otherwise
+    kept in that thread's arena for it alone, and a worker's RSS grows with every thread that once
+    built something large."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "mallopt"):  # glibc (musl has no arenas to limit)
+        libc.mallopt(M_ARENA_MAX, int(os.environ.get("MALLOC_ARENA_MAX", "2")))
 
 
 def post_worker_init(worker):

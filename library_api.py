@@ -85,7 +85,11 @@ SETTINGS = (
         "READ_CACHE_MB", 32, "Memory per worker for repeated catalogue pages (served without Flask); 0 turns it off."
     ),
     Setting("CORS_ORIGINS", "", 'Other origins whose pages may use the API: comma-separated, or "*".'),
-    Setting("WS_MAX_CONNECTIONS", 24, "Live websocket clients per worker; keep it below GUNICORN_THREADS."),
+    Setting(
+        "WS_MAX_CONNECTIONS",
+        200,
+        "Live websocket clients per worker (each holds a thread while open); keep it below GUNICORN_THREADS.",
+    ),
     Setting("WS_PING_SECONDS", 25, "Seconds between keep-alive pings; a client silent for two is dropped."),
     Setting(
         "SECRET_KEY",

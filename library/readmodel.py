@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from library import memory
 from library.books import etag_of, fold, public_book
 from library.search import _ISBNISH, SearchIndex, _contains, _search_word, _Stale
 from storage import Change, Snapshot, Store
@@ -173,9 +174,12 @@ class CatalogueView:
             with self._catalogue_lock:
                 found = self._catalogue_message
                 if found is None:
-                    books = [self.public(book_id) for book_id in self.books]
-                    found = orjson.dumps({"action": "initial_load", "seq": self.seq, "books": books})
-                    self._catalogue_message = found
+                    # Book by book: no list of every book's dict at once, only their bytes.
+                    books = b",".join([orjson.dumps(self.public(book_id)) for book_id in self.books])
+                    head = b'{"action":"initial_load","seq":%d,"books":[' % self.seq
+                    found = self._catalogue_message = b"".join((head, books, b"]}"))
+                    del books
+                    memory.give_back()  # the books' dicts and bytes, freed, would stay in the RSS
         return found
 
     def genres(self) -> list[str]:
