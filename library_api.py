@@ -107,7 +107,7 @@ SETTINGS = (
     Setting("MAX_FINE", "20.00", "The most one loan's fine can reach."),
     Setting("MAX_FINES_DUE", "10.00", "A member who owes more than this cannot borrow until they pay."),
     Setting("HOLD_DAYS", 3, "Days a returned book is kept for the first member waiting for it."),
-    Setting("MAX_UPLOAD_MB", 10, "The largest cover or document accepted, in MB (413 beyond it)."),
+    Setting("MAX_UPLOAD_MB", 10, "The largest cover, document or imported book file accepted, in MB (413 beyond it)."),
     Setting(
         "WARN_EPHEMERAL_DISK",
         True,
