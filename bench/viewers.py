@@ -17,9 +17,9 @@ a synthetic catalogue (bench/run.py's). Then, in each run:
    and the delay from each write's acknowledgement (the answer read by the writer) to its arrival
    at each viewer (one monotonic clock: all processes run on this machine), p50 and p99.
 4. The workers' RSS before the viewers connect, while they are connected, after they leave, then
-   after each of three rounds of 60 more page views (``?catalogue=none``) and three rounds of 60
-   older views (``initial_load``) that connect and leave, each after a write (a new seq, so a new
-   catalogue message): memory must not grow with page views.
+   after each of ``--rounds`` rounds of 60 more page views (``?catalogue=none``) and as many rounds
+   of 60 older views (``initial_load``) that connect and leave, each after a write (a new seq, so
+   a new catalogue message): memory must not grow with page views.
 
 Figures are printed for each run and the median of the runs at the end; everything is written to
 bench/results/viewers-<time>.json.
@@ -49,7 +49,6 @@ from run import RESULTS_DIR, Server, catalogue_file  # noqa: E402
 CLIENT_PROCESSES = 4
 POLL_SECONDS = 3.0  # the page's polling interval when it has no websocket
 EXTRA_VIEWS = 60
-ROUNDS = 3
 
 
 # -- viewers (in client processes) ---------------------------------------------------------------
@@ -293,7 +292,7 @@ def one_run(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     delivered = sum(1 for r in reports for k in acks if k in r["arrivals"])
     extra = []
     for old in (False, True):
-        for _ in range(ROUNDS):
+        for _ in range(args.rounds):
             Writer(server, "x").write("POST", "/books", {"title": f"Between views {time.monotonic()}", "author": "X"})
             gone = context.Queue()
             proc = context.Process(target=come_and_go, args=(port, EXTRA_VIEWS, old, gone))
@@ -334,6 +333,7 @@ def main() -> int:
     parser.add_argument("--writers", type=int, default=4, help="writer threads (default 4)")
     parser.add_argument("--cycles", type=int, default=10, help="create-borrow-return cycles per writer (default 10)")
     parser.add_argument("--pause", type=float, default=0.1, help="seconds between a writer's writes (default 0.1)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of 60 views coming and going, of each kind")
     parser.add_argument("--runs", type=int, default=3, help="runs, each on a fresh server (default 3)")
     args = parser.parse_args()
     for name in ("WEB_CONCURRENCY", "GUNICORN_THREADS", "LIBRARY_WS_MAX_CONNECTIONS"):
@@ -354,7 +354,7 @@ def main() -> int:
         summary[f"rss_{stage}_mb"] = statistics.median(r["rss_mb"][stage] for r in runs)
     for i, step in enumerate(runs[0]["extra_views"]):
         kind = "initial_load" if step["old"] else "catalogue=none"
-        summary[f"rss_after_60_{kind}_views_{i % ROUNDS + 1}_mb"] = statistics.median(
+        summary[f"rss_after_60_{kind}_views_{i % args.rounds + 1}_mb"] = statistics.median(
             r["extra_views"][i]["rss_mb"] for r in runs
         )
     RESULTS_DIR.mkdir(exist_ok=True)

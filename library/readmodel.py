@@ -28,6 +28,10 @@ _TWICE = object()
 """A key in an open-loans or kept map that holds two records for one book (never patched)."""
 
 
+MESSAGE_SLICE = 500
+"""Books encoded together when building the websocket's catalogue message."""
+
+
 _PATCH_LIMIT = 64
 """Pending changes beyond which (and beyond a 200th of the catalogue) a structure is rebuilt."""
 
@@ -174,13 +178,21 @@ class CatalogueView:
             with self._catalogue_lock:
                 found = self._catalogue_message
                 if found is None:
-                    # Book by book: no list of every book's dict at once, only their bytes.
-                    books = b",".join([orjson.dumps(self.public(book_id)) for book_id in self.books])
-                    head = b'{"action":"initial_load","seq":%d,"books":[' % self.seq
-                    found = self._catalogue_message = b"".join((head, books, b"]}"))
-                    del books
-                    memory.give_back()  # the books' dicts and bytes, freed, would stay in the RSS
+                    found = self._catalogue_message = self._build_catalogue_message()
+                    memory.give_back()  # what building it freed would otherwise stay in the RSS
         return found
+
+    def _build_catalogue_message(self) -> bytes:
+        # In slices of books: never every book's dict at once, nor a bytes object per book (orjson
+        # gives each at least 4 KB: 40 MB for 10,000 books of 300 bytes).
+        ids = list(self.books)
+        pieces = [b'{"action":"initial_load","seq":%d,"books":[' % self.seq]
+        for start in range(0, len(ids), MESSAGE_SLICE):
+            if start:
+                pieces.append(b",")
+            pieces.append(orjson.dumps([self.public(book_id) for book_id in ids[start : start + MESSAGE_SLICE]])[1:-1])
+        pieces.append(b"]}")
+        return b"".join(pieces)
 
     def genres(self) -> list[str]:
         """The genres of the catalogue, sorted case-insensitively, each as first written (of the

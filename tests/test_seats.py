@@ -7,8 +7,10 @@ import contextlib
 import json
 from typing import Any
 
+import pytest
 from websockets.sync.client import connect
 
+from library import readmodel
 from library.readmodel import CatalogueView
 from tests.conftest import BOOK
 from tests.servers import get_json, gunicorn_server
@@ -49,7 +51,11 @@ def test_the_page_s_websocket_starts_with_ready_and_the_seq_then_every_event(tmp
             listener.close()
 
 
-def test_the_catalogue_message_is_built_once_per_seq_and_is_the_whole_catalogue(app, client):
+@pytest.mark.parametrize("books_per_slice", [2, 500])
+def test_the_catalogue_message_is_built_once_per_seq_and_is_the_whole_catalogue(
+    app, client, monkeypatch, books_per_slice
+):
+    monkeypatch.setattr(readmodel, "MESSAGE_SLICE", books_per_slice)
     ids = [client.post("/books", json={**BOOK, "isbn": None, "title": f"Book {n}"}).get_json()["id"] for n in range(3)]
     client.post(f"/books/{ids[1]}/borrow")
     store = app.extensions["library_store"]
@@ -63,3 +69,9 @@ def test_the_catalogue_message_is_built_once_per_seq_and_is_the_whole_catalogue(
     client.post("/books", json={**BOOK, "isbn": None, "title": "Book 3"})
     later = CatalogueView.of(store.snapshot(), store).catalogue_message()
     assert later is not message and len(json.loads(later)["books"]) == 4
+
+
+def test_the_catalogue_message_of_an_empty_catalogue(app):
+    store = app.extensions["library_store"]
+    message = CatalogueView.of(store.snapshot(), store).catalogue_message()
+    assert json.loads(message) == {"action": "initial_load", "seq": store.snapshot().seq, "books": []}
