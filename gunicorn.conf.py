@@ -20,7 +20,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Each live websocket holds a thread for as long as it is open (LIBRARY_WS_MAX_CONNECTIONS per
 # worker, 200 by default: a club evening's 200 page viewers fit even if one worker takes them all);
 # the other 40 serve ordinary requests. Threads are started as they are needed: an idle deploy
-# runs a few, and an idle websocket costs about 0.1 MB (see the README, Performance).
+# runs a few, and an idle websocket costs under 0.1 MB (see the README, Performance).
 threads = int(os.environ.get("GUNICORN_THREADS", "240"))
 timeout = 30
 graceful_timeout = 10

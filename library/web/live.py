@@ -82,7 +82,8 @@ def live_updates(ws: Any) -> None:
 
 def send_start(ws: Any, with_catalogue: bool) -> int:
     """Send the first message, the whole catalogue as ``initial_load`` (encoded once per seq and
-    shared by every connection) or only ``ready`` with the seq; returns that seq."""
+    shared by every connection) or only ``ready`` with the seq; returns that seq. Either tells the
+    client to take what it shows afresh (also after a ``since`` the journal no longer reaches)."""
     current = view()
     if with_catalogue:
         send_text(ws, current.catalogue_message())
