@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,15 @@ def test_a_goodreads_export_creates_its_books_and_a_second_import_changes_nothin
     again = upload(client, export, "goodreads_library_export.csv").get_json()
     assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 8)
     assert again["unchanged_lines"].startswith("2")
+
+
+def test_our_json_imports_and_its_books_go_out_as_live_events(client, anon):
+    seq = anon.get("/changes").get_json()["last_seq"]
+    books = [{**BOOK, "isbn": None, "title": f"Book {n}"} for n in range(3)]
+    report = upload(client, json.dumps({"books": books}).encode(), "mine.json").get_json()
+    assert (report["format"], report["format_name"], report["created"], report["rows"]) == ("json", "JSON", 3, 3)
+    events = anon.get(f"/changes?since={seq}").get_json()["changes"]
+    assert [(e["action"], e["book"]["title"]) for e in events] == [("created", f"Book {n}") for n in range(3)]
 
 
 def test_skipped_rows_come_with_their_line_and_reason(client):
