@@ -42,8 +42,11 @@ def post_fork(server, worker):
     kept in that thread's arena for it alone, and a worker's RSS grows with every thread that once
     built something large."""
     name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is not None and hasattr(libc, "mallopt"):  # glibc (musl has no arenas to limit)
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        libc = None
+    if libc is not None and hasattr(libc, "mallopt"):  # glibc (musl and macOS have no such arenas)
         libc.mallopt(M_ARENA_MAX, int(os.environ.get("MALLOC_ARENA_MAX", "2")))
 
 
