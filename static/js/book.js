@@ -1,7 +1,7 @@
 // One book: every field, a large cover, availability, and what the person on the page can do with it.
 
 import { api, get, isAtLeast, session } from "./api.js";
-import { field, focus, formatDate, formatYear, h } from "./dom.js";
+import { field, focus, formatDate, formatYear, h, put, remember } from "./dom.js";
 import { badge } from "./catalogue.js";
 
 /** The member picker a librarian lends with: type a name or email, choose from what matches. */
@@ -16,10 +16,10 @@ export function memberPicker(label = "Member") {
       if (!q) return;
       try {
         const found = await get("/members?limit=20&q=" + encodeURIComponent(q));
-        choice.replaceChildren(...(found.members.length ? found.members.map((m) =>
+        put(choice, ...(found.members.length ? found.members.map((m) =>
           h("option", { value: m.id }, m.first_name + " " + m.last_name + " <" + m.email + ">")) : [h("option", { value: "" }, "No member matches")]));
       } catch (err) {
-        choice.replaceChildren(h("option", { value: "" }, err.message));
+        put(choice, h("option", { value: "" }, err.message));
       }
     }, 200);
   });
@@ -58,7 +58,8 @@ export function bookView(root, bookId, go) {
     try {
       book = await get("/books/" + bookId);
     } catch (err) {
-      root.replaceChildren(h("h2", { id: "view-title" }, "Book not found"), h("p", { class: "error" }, err.message),
+      if (!alive) return;
+      put(root, h("h2", { id: "view-title" }, "Book not found"), h("p", { class: "error" }, err.message),
         h("p", {}, h("a", { href: "#/" }, "Back to the catalogue")));
       return;
     }
@@ -116,9 +117,10 @@ export function bookView(root, bookId, go) {
     let desk = null;
     if (isAtLeast("librarian")) desk = deskPanel(book, loanOfBook);
 
+    const restore = remember(root);
     const cover = book.cover_url ? h("img", { class: "cover-large", src: book.cover_url, alt: "Cover of " + book.title })
       : h("div", { class: "cover-large placeholder", "aria-hidden": "true" }, "No cover");
-    root.replaceChildren(
+    put(root, 
       h("p", {}, h("a", { href: "#/", "data-testid": "back" }, "‹ Catalogue")),
       h("article", { class: "book card", "data-testid": "book-page" }, cover,
         h("div", {}, h("h2", { id: "view-title", "data-testid": "book-title" }, book.title), details, availability,
@@ -126,6 +128,7 @@ export function bookView(root, bookId, go) {
           book.document_url ? h("p", {}, h("a", { href: book.document_url }, "Read the document")) : null,
           actions, status, refusal)),
       desk);
+    restore();
   }
 
   function deskPanel(book, loan) {

@@ -1,7 +1,7 @@
 // The catalogue: search, genre, sort and pages, kept in the address bar; live.
 
 import { get } from "./api.js";
-import { $, formatDate, formatYear, h } from "./dom.js";
+import { $, formatDate, formatYear, h, put } from "./dom.js";
 import { noteSeq } from "./live.js";
 
 const PAGE_SIZE = 10, TYPING_DELAY_MS = 250;
@@ -17,7 +17,7 @@ export function addGenres(names) {
   for (const name of names) if (name) genres.add(name);
   if (genres.size === before) return;
   const options = [...genres].sort((a, b) => a.localeCompare(b)).map((genre) => h("option", { value: genre }));
-  $("genres").replaceChildren(...options);
+  put($("genres"), ...options);
 }
 
 export async function loadGenres() {
@@ -56,7 +56,7 @@ export function catalogueView(root, params, go) {
   const next = h("button", { id: "next", "data-testid": "next", type: "button" }, "Next ›");
   const info = h("span", { id: "page-info" }, "Page 1 of 1");
 
-  root.replaceChildren(
+  put(root, 
     h("h2", { class: "visually-hidden", id: "view-title" }, "Catalogue"),
     h("form", { class: "controls", role: "search", onsubmit: (e) => e.preventDefault() },
       h("label", { class: "search" }, "Search", search),
@@ -126,7 +126,7 @@ export function catalogueView(root, params, go) {
       return;
     }
     addGenres(data.books.map((b) => b.genre));
-    rows.replaceChildren(...data.books.map(bookRow));
+    put(rows, ...data.books.map(bookRow));
     total.textContent = String(data.total);
     word.textContent = data.total === 1 ? "book" : "books";
     info.textContent = "Page " + state.page + " of " + state.pages;

@@ -2,7 +2,7 @@
 // overview with its charts, and imports.
 
 import { api, get, isAtLeast, session } from "./api.js";
-import { $, field, focus, formatDate, h, money, s, showFieldErrors } from "./dom.js";
+import { $, field, focus, formatDate, h, money, s, showFieldErrors, put, remember } from "./dom.js";
 import { titleOf } from "./member.js";
 
 function table(caption, heads, rows, empty) {
@@ -57,13 +57,13 @@ export function membersView(root, params, go) {
     try {
       const data = await get("/members?" + p);
       if (!alive) return;
-      list.replaceChildren(h("p", { class: "summary" }, data.total + (data.total === 1 ? " member" : " members")),
+      put(list, h("p", { class: "summary" }, data.total + (data.total === 1 ? " member" : " members")),
         table("Members", ["Name", "Email", "Role", "On loan", "Fines due"], data.members.map((m) => h("tr", { "data-testid": "member", "data-id": m.id },
           h("td", {}, h("a", { href: "#/members/" + m.id }, name(m))), h("td", { "data-label": "Email" }, m.email), h("td", { "data-label": "Role" }, m.role),
           h("td", { "data-label": "On loan" }, String(m.loans.length)), h("td", { "data-label": "Fines due" }, money(m.fines_due)))), "No member matches."),
         pager(data, page, (n) => go("/members", new URLSearchParams({ ...(q ? { q } : {}), page: String(n) }))));
     } catch (err) {
-      list.replaceChildren(h("p", { class: "error" }, err.message));
+      put(list, h("p", { class: "error" }, err.message));
     }
   }
   let timer = null;
@@ -71,7 +71,7 @@ export function membersView(root, params, go) {
     clearTimeout(timer);
     timer = setTimeout(() => go("/members", search.value.trim() ? new URLSearchParams({ q: search.value.trim() }) : null, { replace: true, focus: false }), 300);
   });
-  root.replaceChildren(h("h2", { id: "view-title" }, "Members"),
+  put(root, h("h2", { id: "view-title" }, "Members"),
     h("form", { role: "search", class: "controls narrow", onsubmit: (e) => e.preventDefault() }, h("label", {}, "Find a member", search)),
     status, list, form);
   if (q) { search.focus(); search.setSelectionRange(q.length, q.length); }
@@ -103,7 +103,8 @@ export function memberView(root, memberId) {
     try {
       [member, loans] = await Promise.all([get("/members/" + memberId), get("/loans?limit=100&sort_by=-borrowed_at&member_id=" + memberId)]);
     } catch (err) {
-      root.replaceChildren(h("h2", { id: "view-title" }, "Member"), h("p", { class: "error" }, err.message));
+      if (!alive) return;
+      put(root, h("h2", { id: "view-title" }, "Member"), h("p", { class: "error" }, err.message));
       return;
     }
     const rows = await Promise.all(loans.loans.map(async (loan) => h("tr", { "data-testid": "loan", "data-id": loan.id },
@@ -134,13 +135,14 @@ export function memberView(root, memberId) {
           (m) => name(m) + " is now " + m.role + ".");
       });
     }
-    root.replaceChildren(
+    put(root, 
       h("p", {}, h("a", { href: "#/members" }, "‹ Members")),
       h("h2", { id: "view-title", "data-testid": "member-name" }, name(member)),
       h("p", {}, member.email, " · ", h("span", { "data-testid": "member-role" }, member.role), " · member since ", formatDate(member.created_at)),
       h("p", { class: "fines", "data-testid": "fines-due" }, "Fines due: ", h("strong", {}, money(member.fines_due))),
       status, refusal, h("div", { class: "actions" }, pay, roleForm),
       h("h3", {}, "Loans"), table("Loans", ["Book", "Borrowed", "Due", "Status", "Fine", ""], rows, "No loans."));
+    restore();
   }
   load();
   return { changed() { load(); }, dispose() { alive = false; } };
@@ -170,15 +172,15 @@ function filteredList(root, params, go, opts) {
       const data = await get(opts.api + "?" + p);
       const rows = await Promise.all(data[opts.key].map(opts.row));
       if (!alive) return;
-      list.replaceChildren(h("p", { class: "summary", "data-testid": "count" }, String(data.total), " ", opts.key),
+      put(list, h("p", { class: "summary", "data-testid": "count" }, String(data.total), " ", opts.key),
         table(opts.title, opts.heads, rows, "Nothing matches."),
         pager(data, page, (n) => { p.set("page", String(n)); p.delete("limit"); go(opts.path, p); }));
     } catch (err) {
-      list.replaceChildren(h("p", { class: "error", role: "alert" }, err.message));
+      if (alive) put(list, h("p", { class: "error", role: "alert" }, err.message));
     }
   }
   const title = state.status === "overdue" ? "Overdue loans" : opts.title;
-  root.replaceChildren(h("h2", { id: "view-title" }, title), h("form", { class: "controls", onsubmit: (e) => e.preventDefault() }, controls), list);
+  put(root, h("h2", { id: "view-title" }, title), h("form", { class: "controls", onsubmit: (e) => e.preventDefault() }, controls), list);
   load();
   return { changed() { load(); }, dispose() { alive = false; } };
 }
@@ -249,7 +251,7 @@ export function overviewView(root) {
     try {
       stats = await get("/stats");
     } catch (err) {
-      if (alive) root.replaceChildren(h("h2", { id: "view-title" }, "Overview"), h("p", { class: "error", role: "alert" }, err.message));
+      if (alive) put(root, h("h2", { id: "view-title" }, "Overview"), h("p", { class: "error", role: "alert" }, err.message));
       return;
     }
     if (!alive) return;
@@ -261,7 +263,7 @@ export function overviewView(root) {
       h("td", {}, h("a", { href: "#/book/" + o.book_id }, o.title)),
       h("td", { "data-label": "Member" }, h("a", { href: "#/members/" + o.member_id }, o.member_name)),
       h("td", { "data-label": "Due" }, formatDate(o.due_at)), h("td", { "data-label": "Days late" }, String(o.days_overdue))));
-    root.replaceChildren(h("h2", { id: "view-title" }, "Overview"),
+    put(root, h("h2", { id: "view-title" }, "Overview"),
       h("ul", { class: "tiles" }, tiles.map(([label, value]) => h("li", { "data-testid": "tile" }, h("strong", {}, String(value)), h("span", {}, label)))),
       h("div", { class: "charts" }, barChart("Loans per week", weeks, false),
         top.length ? barChart("Most borrowed", top, true) : h("p", { class: "note" }, "No loans yet.")),
@@ -285,26 +287,26 @@ export function importView(root) {
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     if (!file.files.length) {
-      report.replaceChildren(h("p", { class: "error", role: "alert" }, "Choose a file first."));
+      put(report, h("p", { class: "error", role: "alert" }, "Choose a file first."));
       return focus(file);
     }
     const data = new FormData();
     data.append("file", file.files[0]);
     data.append("dry_run", dry.checked ? "true" : "false");
-    report.replaceChildren(h("p", {}, "Importing " + file.files[0].name + "…"));
+    put(report, h("p", {}, "Importing " + file.files[0].name + "…"));
     try {
       const r = await api("POST", "/imports", data);
       const counts = [["created", r.created], ["updated", r.updated], ["unchanged", r.unchanged], ["merged", r.merged], ["skipped", r.skipped], ["warnings", r.warnings]];
-      report.replaceChildren(
+      put(report, 
         h("h3", { id: "report-title" }, (r.dry_run ? "Checked " : "Imported ") + r.file + " (" + (r.format_name || r.format) + ", " + r.rows + " rows)"),
         h("ul", { class: "tiles" }, counts.map(([k, v]) => h("li", { "data-testid": "count-" + k }, h("strong", {}, String(v)), h("span", {}, k)))),
         r.lines && r.lines.length ? h("ol", { class: "report-lines", "data-testid": "report-lines" }, r.lines.map((l) => h("li", {}, "line " + l.line + ": " + l.text))) : null,
         r.unchanged_lines ? h("p", {}, "Unchanged lines: " + r.unchanged_lines) : null);
     } catch (err) {
-      report.replaceChildren(h("h3", { id: "report-title" }, "Not imported"), h("p", { class: "error", role: "alert", "data-testid": "import-error" }, err.message));
+      put(report, h("h3", { id: "report-title" }, "Not imported"), h("p", { class: "error", role: "alert", "data-testid": "import-error" }, err.message));
     }
     focus(report.querySelector("h3"));
   });
-  root.replaceChildren(h("h2", { id: "view-title" }, "Import books"), form, report);
+  put(root, h("h2", { id: "view-title" }, "Import books"), form, report);
   return { changed() {}, dispose() {} };
 }

@@ -91,3 +91,29 @@ export function focus(el) {
   if (!el.matches("a, button, input, select, textarea, [tabindex]")) el.setAttribute("tabindex", "-1");
   el.focus();
 }
+
+/** Replace an element's children (nothing for null or undefined: the DOM would write "null").
+ * What had the focus inside keeps it in the new children (a live refresh does not lose the place). */
+export function put(el, ...children) {
+  const restore = remember(el);
+  el.replaceChildren(...flat(children));
+  restore();
+}
+
+/** What has the focus inside ``el`` (by its data-testid or id); call the result to focus it again
+ * after ``el`` was rebuilt. Call it before building new children that take nodes from the old. */
+export function remember(el) {
+  const active = document.activeElement;
+  let key = null;
+  if (active && active !== el && el.contains(active)) {
+    if (active.dataset && active.dataset.testid) key = '[data-testid="' + CSS.escape(active.dataset.testid) + '"]';
+    else if (active.id && !active.id.startsWith("f-")) key = "#" + CSS.escape(active.id);
+  }
+  return () => {
+    if (!key || (document.activeElement && document.activeElement !== document.body && el.contains(document.activeElement))) return;
+    const again = el.querySelector(key);
+    if (!again) return;
+    if (!again.matches("a, button, input, select, textarea, [tabindex]")) again.setAttribute("tabindex", "-1");
+    again.focus({ preventScroll: true });
+  };
+}

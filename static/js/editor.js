@@ -3,7 +3,7 @@
 // form works the same when that service cannot be reached).
 
 import { api, get } from "./api.js";
-import { $, field, focus, h, showFieldErrors } from "./dom.js";
+import { $, field, focus, h, showFieldErrors, put } from "./dom.js";
 
 const LOOKUP_TIMEOUT_MS = 8000;
 
@@ -119,7 +119,7 @@ export function editorView(root, bookId, go) {
     $("notice").textContent = (bookId ? "Saved “" : "Added “") + book.title + "”." + note;
   });
 
-  root.replaceChildren(h("h2", { id: "view-title" }, bookId ? "Edit book" : "Add a book"), form);
+  put(root, h("h2", { id: "view-title" }, bookId ? "Edit book" : "Add a book"), form);
   if (bookId) {
     get("/books/" + bookId).then((book) => {
       for (const [name] of names) inputs[name].value = book[name] === null || book[name] === undefined ? "" : String(book[name]);

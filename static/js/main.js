@@ -2,7 +2,7 @@
 // (#/path?query), so back/forward and a shared link work.
 
 import { api, get, isAtLeast, Problem, session } from "./api.js";
-import { $, field, focus, h, showFieldErrors } from "./dom.js";
+import { $, field, focus, h, showFieldErrors, put } from "./dom.js";
 import { catalogueView, loadGenres } from "./catalogue.js";
 import { bookView } from "./book.js";
 import { myView } from "./member.js";
@@ -55,6 +55,8 @@ function route(moveFocus = true) {
     return false;
   };
   current = null;
+  if (watcher) watcher.disconnect();
+  put(root, h("p", { class: "note" }, "Loading…"));
   if (parts.length === 0) current = catalogueView(root, params, go);
   else if (parts[0] === "book" && parts[2] === "edit") current = need("librarian") && editorView(root, Number(parts[1]), go);
   else if (parts[0] === "book") current = bookView(root, Number(parts[1]), go);
@@ -68,10 +70,25 @@ function route(moveFocus = true) {
   else if (parts[0] === "holds") current = need("librarian") && holdsView(root, params, go);
   else if (parts[0] === "overview") current = need("librarian") && overviewView(root, go);
   else if (parts[0] === "import") current = need("librarian") && importView(root, go);
-  else root.replaceChildren(h("h2", { id: "view-title" }, "Not found"), h("p", {}, h("a", { href: "#/" }, "To the catalogue")));
+  else put(root, h("h2", { id: "view-title" }, "Not found"), h("p", {}, h("a", { href: "#/" }, "To the catalogue")));
   current = current || { changed() {}, dispose() {} };
   markMenu(path + (params.get("status") === "overdue" ? "?status=overdue" : ""));
-  if (moveFocus && path !== "/") focus(root.querySelector("h2"));
+  if (moveFocus && path !== "/") focusHeading(root);
+}
+
+let watcher = null;
+
+/** Focus the view's heading: now, or when a view that loads first shows it. */
+function focusHeading(root) {
+  const heading = root.querySelector("h2");
+  if (heading) return focus(heading);
+  watcher = new MutationObserver(() => {
+    const shown = root.querySelector("h2");
+    if (!shown) return;
+    watcher.disconnect();
+    focus(shown);
+  });
+  watcher.observe(root, { childList: true, subtree: true });
 }
 
 function markMenu(path) {
@@ -85,15 +102,15 @@ function renderHeader() {
   const me = session.me;
   const items = MENU.filter((item) => !item.role || isAtLeast(item.role)).map((item) =>
     h("li", {}, h("a", { href: "#" + item.path }, item.label)));
-  $("menu").replaceChildren(...items);
+  put($("menu"), ...items);
   const who = $("who");
   if (me) {
-    who.replaceChildren(
+    put(who, 
       h("span", { "data-testid": "signed-in" }, "Signed in as ", h("strong", {}, me.first_name + " " + me.last_name),
         " (", h("span", { "data-testid": "role" }, me.role), ")"),
       h("button", { type: "button", "data-testid": "sign-out", onclick: signOut }, "Sign out"));
   } else {
-    who.replaceChildren(
+    put(who, 
       h("a", { href: "#/signin", "data-testid": "sign-in-link" }, "Sign in"),
       registration === "open" ? h("a", { href: "#/register" }, "Register") : null);
   }
@@ -145,12 +162,12 @@ function signInView(root, reason) {
       focus(password);
     }
   });
-  root.replaceChildren(h("h2", { id: "view-title" }, "Sign in"), reason ? h("p", { class: "note" }, reason) : null, form);
+  put(root, h("h2", { id: "view-title" }, "Sign in"), reason ? h("p", { class: "note" }, reason) : null, form);
 }
 
 function registerView(root) {
   if (registration !== "open") {
-    root.replaceChildren(h("h2", { id: "view-title" }, "Register"), h("p", {}, "This library does not take registrations on the page; ask a librarian to enrol you."));
+    put(root, h("h2", { id: "view-title" }, "Register"), h("p", {}, "This library does not take registrations on the page; ask a librarian to enrol you."));
     return;
   }
   const inputs = {
@@ -181,7 +198,7 @@ function registerView(root) {
       focus(showFieldErrors(form, err.errors) || error);
     }
   });
-  root.replaceChildren(h("h2", { id: "view-title" }, "Register"), form);
+  put(root, h("h2", { id: "view-title" }, "Register"), form);
 }
 
 async function start() {

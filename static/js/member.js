@@ -2,7 +2,7 @@
 // fines due; renew, return and cancel from here.
 
 import { api, get, session } from "./api.js";
-import { focus, formatDate, h, money } from "./dom.js";
+import { focus, formatDate, h, money, put, remember } from "./dom.js";
 
 const titles = new Map();
 
@@ -59,7 +59,8 @@ export function myView(root) {
       h("td", { "data-testid": "hold-state" }, hold.status === "ready" ? "Kept for you until " + formatDate(hold.expires_at) : "Number " + hold.position + " in the queue"),
       h("td", {}, h("button", { type: "button", "data-testid": "cancel-hold", onclick: () => act("Cancel hold", () => api("DELETE", "/holds/" + hold.id), () => "Hold cancelled.") }, "Cancel hold")))));
     if (!alive) return;
-    root.replaceChildren(
+    const restore = remember(root);
+    put(root, 
       h("h2", { id: "view-title" }, "My loans"),
       h("p", { class: "fines", "data-testid": "fines-due" }, "Fines due: ", h("strong", {}, money(who.fines_due))),
       status, refusal,
@@ -68,6 +69,7 @@ export function myView(root) {
       h("h3", {}, "My holds"),
       holdRows.length ? h("table", { class: "list" }, h("caption", { class: "visually-hidden" }, "Holds"), h("thead", {}, h("tr", {}, ["Book", "Place", "Actions"].map((t) => h("th", { scope: "col" }, t)))), h("tbody", {}, holdRows))
         : h("p", {}, "No holds."));
+    restore();
   }
 
   load();
