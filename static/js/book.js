@@ -92,7 +92,7 @@ export function bookView(root, bookId, go) {
           h("button", { type: "button", "data-testid": "renew", onclick: () => act("Renew", () => api("POST", "/loans/" + myLoan.id + "/renew"), (l) => "Renewed: now due " + formatDate(l.due_at) + ".") }, "Renew"),
           h("button", { type: "button", "data-testid": "return", onclick: () => act("Return", () => api("POST", "/books/" + bookId + "/return"), (l) => "Returned" + (l.fine ? " with a fine of " + l.fine.toFixed(2) : "") + ".") }, "Return"));
       } else if (!isAtLeast("librarian") || book.status !== "checked_out") {
-        const days = h("input", { type: "number", name: "days", min: 1, max: 365, inputmode: "numeric", "data-testid": "days", placeholder: "library default" });
+        const days = h("input", { type: "number", name: "days", min: 1, max: 365, inputmode: "numeric", "data-testid": "days", placeholder: "default" });
         const borrow = h("form", { class: "inline", "aria-label": "Borrow" }, field("Days", days),
           h("button", { type: "submit", class: "primary", "data-testid": "borrow" }, "Borrow"));
         borrow.addEventListener("submit", (e) => {
@@ -120,7 +120,7 @@ export function bookView(root, bookId, go) {
     const restore = remember(root);
     const cover = book.cover_url ? h("img", { class: "cover-large", src: book.cover_url, alt: "Cover of " + book.title })
       : h("div", { class: "cover-large placeholder", "aria-hidden": "true" }, "No cover");
-    put(root, 
+    put(root,
       h("p", {}, h("a", { href: "#/", "data-testid": "back" }, "‹ Catalogue")),
       h("article", { class: "book card", "data-testid": "book-page" }, cover,
         h("div", {}, h("h2", { id: "view-title", "data-testid": "book-title" }, book.title), details, availability,

@@ -56,7 +56,7 @@ export function catalogueView(root, params, go) {
   const next = h("button", { id: "next", "data-testid": "next", type: "button" }, "Next ›");
   const info = h("span", { id: "page-info" }, "Page 1 of 1");
 
-  put(root, 
+  put(root,
     h("h2", { class: "visually-hidden", id: "view-title" }, "Catalogue"),
     h("form", { class: "controls", role: "search", onsubmit: (e) => e.preventDefault() },
       h("label", { class: "search" }, "Search", search),

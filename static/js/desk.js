@@ -135,7 +135,8 @@ export function memberView(root, memberId) {
           (m) => name(m) + " is now " + m.role + ".");
       });
     }
-    put(root, 
+    const restore = remember(root);
+    put(root,
       h("p", {}, h("a", { href: "#/members" }, "‹ Members")),
       h("h2", { id: "view-title", "data-testid": "member-name" }, name(member)),
       h("p", {}, member.email, " · ", h("span", { "data-testid": "member-role" }, member.role), " · member since ", formatDate(member.created_at)),
@@ -297,7 +298,7 @@ export function importView(root) {
     try {
       const r = await api("POST", "/imports", data);
       const counts = [["created", r.created], ["updated", r.updated], ["unchanged", r.unchanged], ["merged", r.merged], ["skipped", r.skipped], ["warnings", r.warnings]];
-      put(report, 
+      put(report,
         h("h3", { id: "report-title" }, (r.dry_run ? "Checked " : "Imported ") + r.file + " (" + (r.format_name || r.format) + ", " + r.rows + " rows)"),
         h("ul", { class: "tiles" }, counts.map(([k, v]) => h("li", { "data-testid": "count-" + k }, h("strong", {}, String(v)), h("span", {}, k)))),
         r.lines && r.lines.length ? h("ol", { class: "report-lines", "data-testid": "report-lines" }, r.lines.map((l) => h("li", {}, "line " + l.line + ": " + l.text))) : null,

@@ -55,6 +55,7 @@ function route(moveFocus = true) {
     return false;
   };
   current = null;
+  $("notice").textContent = "";
   if (watcher) watcher.disconnect();
   put(root, h("p", { class: "note" }, "Loading…"));
   if (parts.length === 0) current = catalogueView(root, params, go);
@@ -105,12 +106,12 @@ function renderHeader() {
   put($("menu"), ...items);
   const who = $("who");
   if (me) {
-    put(who, 
+    put(who,
       h("span", { "data-testid": "signed-in" }, "Signed in as ", h("strong", {}, me.first_name + " " + me.last_name),
         " (", h("span", { "data-testid": "role" }, me.role), ")"),
       h("button", { type: "button", "data-testid": "sign-out", onclick: signOut }, "Sign out"));
   } else {
-    put(who, 
+    put(who,
       h("a", { href: "#/signin", "data-testid": "sign-in-link" }, "Sign in"),
       registration === "open" ? h("a", { href: "#/register" }, "Register") : null);
   }
@@ -151,11 +152,11 @@ function signInView(root, reason) {
       session.token = body.access_token;
       await loadMe();
       renderHeader();
-      $("notice").textContent = "Signed in as " + session.me.first_name + " " + session.me.last_name + ".";
       const back = parse().path;
       rendered = null;
       if (back === "/signin") go(isAtLeast("librarian") ? "/overview" : "/me", null);
       else route();
+      $("notice").textContent = "Signed in as " + session.me.first_name + " " + session.me.last_name + ".";
     } catch (err) {
       error.textContent = err.message;
       showFieldErrors(form, err.errors);

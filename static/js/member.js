@@ -60,7 +60,7 @@ export function myView(root) {
       h("td", {}, h("button", { type: "button", "data-testid": "cancel-hold", onclick: () => act("Cancel hold", () => api("DELETE", "/holds/" + hold.id), () => "Hold cancelled.") }, "Cancel hold")))));
     if (!alive) return;
     const restore = remember(root);
-    put(root, 
+    put(root,
       h("h2", { id: "view-title" }, "My loans"),
       h("p", { class: "fines", "data-testid": "fines-due" }, "Fines due: ", h("strong", {}, money(who.fines_due))),
       status, refusal,
