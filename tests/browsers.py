@@ -106,7 +106,9 @@ PASSWORD = "correct horse battery staple"
 """The password of everyone :func:`person` creates."""
 
 
-def person(data_dir: Path, role: str = "member", first_name: str = "Ada", last_name: str = "Lovelace") -> dict[str, Any]:
+def person(
+    data_dir: Path, role: str = "member", first_name: str = "Ada", last_name: str = "Lovelace"
+) -> dict[str, Any]:
     """A member with ``role`` who signs in with :data:`PASSWORD`, put into the data directory as
     another process would; returns them with their email."""
     import time

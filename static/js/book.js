@@ -3,6 +3,7 @@
 import { api, get, isAtLeast, session } from "./api.js";
 import { field, focus, formatDate, formatYear, h, put, remember } from "./dom.js";
 import { badge } from "./catalogue.js";
+import { memberName } from "./member.js";
 
 /** The member picker a librarian lends with: type a name or email, choose from what matches. */
 export function memberPicker(label = "Member") {
@@ -115,7 +116,8 @@ export function bookView(root, bookId, go) {
     }
 
     let desk = null;
-    if (isAtLeast("librarian")) desk = deskPanel(book, loanOfBook);
+    if (isAtLeast("librarian")) desk = deskPanel(book, loanOfBook, loanOfBook ? await memberName(loanOfBook.member_id) : null);
+    if (!alive) return;
 
     const restore = remember(root);
     const cover = book.cover_url ? h("img", { class: "cover-large", src: book.cover_url, alt: "Cover of " + book.title })
@@ -131,7 +133,7 @@ export function bookView(root, bookId, go) {
     restore();
   }
 
-  function deskPanel(book, loan) {
+  function deskPanel(book, loan, borrower) {
     const picker = memberPicker();
     const lend = h("form", { class: "card form", "aria-label": "Lend to a member" }, h("h3", {}, "Lend to a member"), picker.nodes,
       h("button", { type: "submit", "data-testid": "lend" }, "Lend"));
@@ -139,7 +141,7 @@ export function bookView(root, bookId, go) {
       e.preventDefault();
       if (!picker.choice.value) return refuse("Lend", new Error("Choose a member first"));
       act("Lend", () => api("POST", "/books/" + book.id + "/borrow", { member_id: Number(picker.choice.value) }),
-        (l) => "Lent to member " + l.member_id + ", due " + formatDate(l.due_at) + ".");
+        (l) => "Lent to " + picker.choice.selectedOptions[0].textContent.replace(/ <.*$/, "") + ", due " + formatDate(l.due_at) + ".");
     });
     const upload = (kind) => {
       const input = h("input", { type: "file", name: "file", "data-testid": kind + "-file", accept: kind === "cover" ? "image/*" : null });
@@ -172,9 +174,9 @@ export function bookView(root, bookId, go) {
       h("div", { class: "actions" },
         h("a", { class: "button", href: "#/book/" + book.id + "/edit", "data-testid": "edit" }, "Edit"),
         loan ? h("button", { type: "button", "data-testid": "take-back", onclick: () => act("Take back", () => api("POST", "/books/" + book.id + "/return"),
-          (l) => "Taken back from member " + l.member_id + (l.fine ? "; fine " + l.fine.toFixed(2) : "") + ".") }, "Take back") : null,
+          (l) => "Taken back from " + borrower + (l.fine ? "; fine " + l.fine.toFixed(2) : "") + ".") }, "Take back") : null,
         remove, confirmDelete),
-      loan ? h("p", { "data-testid": "on-loan-to" }, "On loan to ", h("a", { href: "#/members/" + loan.member_id }, "member " + loan.member_id), ", due " + formatDate(loan.due_at) + ".") : lend,
+      loan ? h("p", { "data-testid": "on-loan-to" }, "On loan to ", h("a", { href: "#/members/" + loan.member_id }, borrower), ", due " + formatDate(loan.due_at) + ".") : lend,
       upload("cover"), upload("document"));
   }
 

@@ -3,7 +3,7 @@
 
 import { api, get, isAtLeast, session } from "./api.js";
 import { $, field, focus, formatDate, h, money, s, showFieldErrors, put, remember } from "./dom.js";
-import { titleOf } from "./member.js";
+import { memberName, titleOf } from "./member.js";
 
 function table(caption, heads, rows, empty) {
   if (!rows.length) return h("p", { class: "note" }, empty);
@@ -195,7 +195,7 @@ export function loansView(root, params, go) {
     heads: ["Book", "Member", "Borrowed", "Due", "Status", "Fine"],
     row: async (loan) => h("tr", { "data-testid": "loan", "data-id": loan.id },
       h("td", {}, h("a", { href: "#/book/" + loan.book_id }, await titleOf(loan.book_id))),
-      h("td", { "data-label": "Member" }, h("a", { href: "#/members/" + loan.member_id }, "member " + loan.member_id)),
+      h("td", { "data-label": "Member" }, h("a", { href: "#/members/" + loan.member_id }, await memberName(loan.member_id))),
       h("td", { "data-label": "Borrowed" }, formatDate(loan.borrowed_at)), h("td", { "data-label": "Due" }, formatDate(loan.due_at)),
       h("td", { "data-label": "Status" }, loan.status), h("td", { "data-label": "Fine" }, money(loan.fine))),
   });
@@ -209,7 +209,7 @@ export function holdsView(root, params, go) {
     heads: ["Book", "Member", "Placed", "Status", "Place"],
     row: async (hold) => h("tr", { "data-testid": "hold", "data-id": hold.id },
       h("td", {}, h("a", { href: "#/book/" + hold.book_id }, await titleOf(hold.book_id))),
-      h("td", { "data-label": "Member" }, h("a", { href: "#/members/" + hold.member_id }, "member " + hold.member_id)),
+      h("td", { "data-label": "Member" }, h("a", { href: "#/members/" + hold.member_id }, await memberName(hold.member_id))),
       h("td", { "data-label": "Placed" }, formatDate(hold.created_at)),
       h("td", { "data-label": "Status" }, hold.status === "ready" ? "kept until " + formatDate(hold.expires_at) : hold.status),
       h("td", { "data-label": "Place" }, hold.position === null || hold.position === undefined ? "—" : String(hold.position))),
@@ -301,7 +301,7 @@ export function importView(root) {
       put(report,
         h("h3", { id: "report-title" }, (r.dry_run ? "Checked " : "Imported ") + r.file + " (" + (r.format_name || r.format) + ", " + r.rows + " rows)"),
         h("ul", { class: "tiles" }, counts.map(([k, v]) => h("li", { "data-testid": "count-" + k }, h("strong", {}, String(v)), h("span", {}, k)))),
-        r.lines && r.lines.length ? h("ol", { class: "report-lines", "data-testid": "report-lines" }, r.lines.map((l) => h("li", {}, "line " + l.line + ": " + l.text))) : null,
+        r.lines && r.lines.length ? h("ul", { class: "report-lines", "data-testid": "report-lines" }, r.lines.map((l) => h("li", {}, "line " + l.line + ": " + l.text))) : null,
         r.unchanged_lines ? h("p", {}, "Unchanged lines: " + r.unchanged_lines) : null);
     } catch (err) {
       put(report, h("h3", { id: "report-title" }, "Not imported"), h("p", { class: "error", role: "alert", "data-testid": "import-error" }, err.message));

@@ -17,6 +17,21 @@ export async function titleOf(bookId) {
   return titles.get(bookId);
 }
 
+const names = new Map();
+
+/** A member's name, for a librarian's lists (asked once per member). */
+export async function memberName(memberId) {
+  if (!names.has(memberId)) {
+    try {
+      const member = await get("/members/" + memberId);
+      names.set(memberId, member.first_name + " " + member.last_name);
+    } catch (err) {
+      return "member " + memberId;
+    }
+  }
+  return names.get(memberId);
+}
+
 export function myView(root) {
   let alive = true;
   const status = h("p", { class: "result", role: "status", "data-testid": "result" });
