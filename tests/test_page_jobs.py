@@ -230,6 +230,15 @@ def test_a_hostile_title_is_text_and_the_page_has_a_strict_policy(server, page):
     assert directives["frame-ancestors"] == "'none'"
     assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
     assert "https://openlibrary.org" in directives["connect-src"]
+    # The page's files: the right types (nosniff is on), revalidated rather than kept stale.
+    for path, kind in (("/static/js/main.js", "text/javascript"), ("/static/app.css", "text/css")):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        answer.read()
+        conn.close()
+        assert answer.status == 200 and answer.getheader("Content-Type", "").startswith(kind)
+        assert answer.getheader("Cache-Control") == "no-cache" and answer.getheader("ETag")
 
     expect(page.get_by_test_id("title")).to_have_text([title])
     page.get_by_test_id("title").click()
