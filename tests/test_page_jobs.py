@@ -461,9 +461,15 @@ def test_a_hold_is_queued_and_the_returned_book_kept_for_the_holder(server, brow
         holder.get_by_test_id("borrow").click()
         expect(holder.get_by_test_id("result")).to_contain_text("Borrowed: due")
 
-        # A third person cannot have it: the refusal is the server's.
+        # Now the first reader waits for it, and changes their mind.
         borrower.goto(url(port, f"/book/{book['id']}"))
-        expect(borrower.get_by_test_id("place-hold")).to_be_visible()
+        borrower.get_by_test_id("place-hold").click()
+        expect(borrower.get_by_test_id("my-hold")).to_have_text("You are number 1 in the queue.")
+        borrower.get_by_role("link", name="My loans").click()
+        expect(borrower.get_by_test_id("hold-state")).to_have_text("Number 1 in the queue")
+        borrower.get_by_test_id("hold").get_by_test_id("cancel-hold").click()
+        expect(borrower.get_by_test_id("result")).to_have_text("Hold cancelled.")
+        expect(borrower.get_by_test_id("hold")).to_have_count(0)
 
 
 # -- the desk: fines, members, roles, live -------------------------------------------------------
@@ -486,6 +492,12 @@ def test_a_late_return_shows_its_fine_and_a_payment_clears_it(server, browser, s
         sign_in(page, port, desk)
         page.get_by_role("link", name="Overdue").click()
         expect(page.get_by_role("heading", name="Overdue loans")).to_be_visible()
+        expect(page.get_by_label("Status")).to_have_value("overdue")
+        page.get_by_label("Status").focus()
+        page.get_by_label("Status").select_option("active")  # a filter is kept in the address bar, and the focus on it
+        expect(page).to_have_url(re.compile(r"#/loans\?status=active$"))
+        expect(page.get_by_label("Status")).to_be_focused()
+        page.go_back()
         expect(page.get_by_label("Status")).to_have_value("overdue")
         overdue = page.get_by_test_id("loan").filter(has_text=book["title"])
         expect(overdue).to_contain_text("6.50")
@@ -536,6 +548,7 @@ def test_a_librarian_enrols_a_member_and_an_admin_changes_a_role(server, browser
         page.get_by_label("Find a member").fill("Walk")
         expect(page.get_by_test_id("member")).to_have_count(1)
         expect(page).to_have_url(re.compile(r"#/members\?q=Walk$"))
+        expect(page.get_by_label("Find a member")).to_be_focused()  # typing goes on where it was
         check_view(page, shots, "members")
 
     with new_tab(browser, shots / "role-end.png") as page:

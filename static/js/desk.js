@@ -74,7 +74,6 @@ export function membersView(root, params, go) {
   put(root, h("h2", { id: "view-title" }, "Members"),
     h("form", { role: "search", class: "controls narrow", onsubmit: (e) => e.preventDefault() }, h("label", {}, "Find a member", search)),
     status, list, form);
-  if (q) { search.focus(); search.setSelectionRange(q.length, q.length); }
   load();
   return { changed() { load(); }, dispose() { alive = false; clearTimeout(timer); } };
 }
@@ -155,17 +154,19 @@ function filteredList(root, params, go, opts) {
   let alive = true;
   const state = Object.fromEntries(opts.filters.map(([key]) => [key, params.get(key) || ""]));
   const page = Number(params.get("page") || 1);
+  const inputs = [];
   const controls = opts.filters.map(([key, label, choices]) => {
     const control = choices
       ? h("select", { name: key, "data-testid": "filter-" + key }, choices.map(([v, l]) => h("option", { value: v, selected: v === state[key] }, l)))
       : h("input", { name: key, value: state[key], inputmode: "numeric", "data-testid": "filter-" + key });
     control.addEventListener("change", () => {
       const p = new URLSearchParams();
-      for (const c of controls) if (c.value) p.set(c.name, c.value);
-      go(opts.path, p, { replace: true, focus: false });
+      for (const input of inputs) if (input.value.trim()) p.set(input.name, input.value.trim());
+      go(opts.path, p, { replace: false, focus: false });
     });
+    inputs.push(control);
     return h("label", {}, label, control);
-  }).map((label) => label);
+  });
   const list = h("div", {});
   async function load() {
     const p = new URLSearchParams({ page: String(page), limit: "25", ...Object.fromEntries(Object.entries(state).filter(([, v]) => v)) });

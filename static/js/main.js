@@ -2,7 +2,7 @@
 // (#/path?query), so back/forward and a shared link work.
 
 import { api, get, isAtLeast, Problem, session } from "./api.js";
-import { $, field, focus, h, showFieldErrors, put } from "./dom.js";
+import { $, field, focus, h, showFieldErrors, put, remember } from "./dom.js";
 import { catalogueView, loadGenres } from "./catalogue.js";
 import { bookView } from "./book.js";
 import { myView } from "./member.js";
@@ -57,6 +57,7 @@ function route(moveFocus = true) {
   current = null;
   $("notice").textContent = "";
   if (watcher) watcher.disconnect();
+  const restore = remember(root); // a filter that changed the address keeps the focus
   put(root, h("p", { class: "note" }, "Loading…"));
   if (parts.length === 0) current = catalogueView(root, params, go);
   else if (parts[0] === "book" && parts[2] === "edit") current = need("librarian") && editorView(root, Number(parts[1]), go);
@@ -74,7 +75,8 @@ function route(moveFocus = true) {
   else put(root, h("h2", { id: "view-title" }, "Not found"), h("p", {}, h("a", { href: "#/" }, "To the catalogue")));
   current = current || { changed() {}, dispose() {} };
   markMenu(path + (params.get("status") === "overdue" ? "?status=overdue" : ""));
-  if (moveFocus && path !== "/") focusHeading(root);
+  if (!moveFocus) restore();
+  else if (path !== "/") focusHeading(root);
 }
 
 let watcher = null;
