@@ -307,6 +307,17 @@ def test_a_librarian_adds_a_book_with_a_cover_by_keyboard_alone(server, page, sh
     expect(page.get_by_test_id("book-page")).to_contain_text("Tab Press")
     check_view(page, shots, "librarian-added-a-book")
 
+    # A document for it, from its page.
+    document = tmp_path / "notes.pdf"
+    document.write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n")
+    page.get_by_label("Document", exact=True).set_input_files(str(document))
+    page.get_by_test_id("upload-document").click()
+    expect(page.get_by_test_id("result")).to_have_text("Document uploaded.")
+    expect(page.get_by_role("link", name="Read the document")).to_have_attribute("href", re.compile(r"^/uploads/"))
+    page.get_by_label("Document", exact=True).set_input_files(str(cover))  # a picture is not a document: the server says so
+    page.get_by_test_id("upload-document").click()
+    expect(page.get_by_test_id("refusal")).to_contain_text("Upload document: ")
+
     # Edit it, then delete it.
     page.get_by_test_id("edit").click()
     expect(page.get_by_test_id("book-title")).to_have_value(title)
