@@ -195,6 +195,11 @@ def test_the_address_bar_keeps_the_search_the_page_and_the_open_book(server, pag
     expect(page.get_by_test_id("book-page")).to_contain_text("9780547928227")
     expect(page.get_by_test_id("status")).to_have_text("Available")
     check_view(page, shots, "book")
+    # "Skip to the content" takes the focus to the view (and leaves the address alone).
+    page.get_by_role("link", name="Skip to the content").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_test_id("book-title")).to_be_focused()
+    expect(page).to_have_url(re.compile(r"#/book/\d+$"))
     book_address = page.url
 
     page.go_back()
@@ -314,7 +319,9 @@ def test_a_librarian_adds_a_book_with_a_cover_by_keyboard_alone(server, page, sh
     page.get_by_test_id("upload-document").click()
     expect(page.get_by_test_id("result")).to_have_text("Document uploaded.")
     expect(page.get_by_role("link", name="Read the document")).to_have_attribute("href", re.compile(r"^/uploads/"))
-    page.get_by_label("Document", exact=True).set_input_files(str(cover))  # a picture is not a document: the server says so
+    page.get_by_label("Document", exact=True).set_input_files(
+        str(cover)
+    )  # a picture is not a document: the server says so
     page.get_by_test_id("upload-document").click()
     expect(page.get_by_test_id("refusal")).to_contain_text("Upload document: ")
 

@@ -217,6 +217,11 @@ async function start() {
   }
   await loadMe();
   renderHeader();
+  // The skip link moves the focus; following its href would change the route.
+  document.querySelector(".skip").addEventListener("click", (event) => {
+    event.preventDefault();
+    focus($("view").querySelector("h2") || $("view"));
+  });
   window.addEventListener("popstate", () => route());
   window.addEventListener("hashchange", () => route());
   window.addEventListener("signed-out", () => {
