@@ -535,7 +535,12 @@ def test_a_late_return_shows_its_fine_and_a_payment_clears_it(server, browser, s
         # Too much is refused with the server's reason; the right amount clears it.
         page.get_by_label("Amount paid").fill("100")
         page.get_by_test_id("record-payment").click()
-        expect(page.get_by_test_id("refusal")).to_contain_text("Record payment: ")
+        expect(page.get_by_test_id("refusal")).to_have_text(
+            "Record payment: The member owes 6.50; a payment cannot be more than that"
+        )
+        page.get_by_label("Amount paid").fill("0.001")  # and bad input names its field
+        page.get_by_test_id("record-payment").click()
+        expect(page.get_by_test_id("refusal")).to_contain_text("(amount: Must be more than 0 with at most 2 decimals.)")
         page.get_by_label("Amount paid").fill("6.50")
         page.get_by_test_id("record-payment").click()
         expect(page.get_by_test_id("result")).to_have_text("Payment of 6.50 recorded; 0.00 still due.")

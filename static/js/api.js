@@ -8,6 +8,16 @@ export class Problem extends Error {
     this.status = status;
     this.errors = (body && body.errors) || {};
   }
+
+  /** The detail with the fields' errors, for a refusal shown beside a button (no form fields). */
+  explain() {
+    const fields = Object.entries(this.errors).map(([name, messages]) => name + ": " + [].concat(messages).join(" "));
+    return fields.length ? this.message + " (" + fields.join("; ") + ")" : this.message;
+  }
+}
+
+export function explain(err) {
+  return err instanceof Problem ? err.explain() : err.message;
 }
 
 export const session = {

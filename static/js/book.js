@@ -1,6 +1,6 @@
 // One book: every field, a large cover, availability, and what the person on the page can do with it.
 
-import { api, get, isAtLeast, session } from "./api.js";
+import { api, get, isAtLeast, session, explain } from "./api.js";
 import { field, focus, formatDate, formatYear, h, put, remember } from "./dom.js";
 import { badge } from "./catalogue.js";
 import { memberName } from "./member.js";
@@ -39,7 +39,7 @@ export function bookView(root, bookId, go) {
 
   function refuse(what, err) {
     status.textContent = "";
-    refusal.textContent = what + ": " + err.message;
+    refusal.textContent = what + ": " + explain(err);
   }
 
   async function act(what, fn, done) {

@@ -1,7 +1,7 @@
 // The librarian's desk: members (enrol, payments, roles), loans and holds with their filters, the
 // overview with its charts, and imports.
 
-import { api, get, isAtLeast, session } from "./api.js";
+import { api, get, isAtLeast, session, explain } from "./api.js";
 import { $, field, focus, formatDate, h, money, s, showFieldErrors, put, remember } from "./dom.js";
 import { memberName, titleOf } from "./member.js";
 
@@ -92,7 +92,7 @@ export function memberView(root, memberId) {
       focus(status);
     } catch (err) {
       status.textContent = "";
-      refusal.textContent = what + ": " + err.message;
+      refusal.textContent = what + ": " + explain(err);
       focus(refusal);
     }
   }

@@ -1,7 +1,7 @@
 // A member's own page: loans with due dates and the fine so far, holds with the queue position,
 // fines due; renew, return and cancel from here.
 
-import { api, get, session } from "./api.js";
+import { api, get, session, explain } from "./api.js";
 import { focus, formatDate, h, money, put, remember } from "./dom.js";
 
 const titles = new Map();
@@ -46,7 +46,7 @@ export function myView(root) {
       focus(status);
     } catch (err) {
       status.textContent = "";
-      refusal.textContent = what + ": " + err.message;
+      refusal.textContent = what + ": " + explain(err);
       focus(refusal);
     }
   }
