@@ -720,3 +720,20 @@ def test_every_view_has_no_serious_accessibility_violation_and_fits_a_phone(serv
             page.goto(url(port, f"/book/{book['id']}"))
             expect(page.get_by_test_id("book-title")).to_be_visible()
             page.screenshot(path=str(shots / f"book-{size}.png"), full_page=True)
+
+
+def test_a_library_closed_to_registration_offers_none(server, page):
+    """GET /library (name, registration) decides; here the test answers for it."""
+    port, _ = server
+    body = '{"name": "The Club Library", "registration": "closed"}'
+    page.route(
+        re.compile(r"/library$"), lambda route: route.fulfill(status=200, content_type="application/json", body=body)
+    )
+    page.goto(url(port))
+    expect(page.get_by_role("heading", name="The Club Library", level=1)).to_be_visible()
+    expect(page).to_have_title("The Club Library")
+    expect(page.get_by_test_id("sign-in-link")).to_be_visible()
+    expect(page.get_by_role("link", name="Register")).to_have_count(0)
+    page.goto(url(port, "/register"))
+    expect(page.get_by_text("does not take registrations on the page")).to_be_visible()
+    expect(page.get_by_label("Password")).to_have_count(0)
