@@ -72,6 +72,16 @@ export function editorView(root, bookId, go) {
     }
   });
 
+  // Enter in the ISBN field, or pasting one, looks it up (instead of saving a form still empty).
+  inputs.isbn.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter") return;
+    event.preventDefault();
+    lookup.click();
+  });
+  inputs.isbn.addEventListener("paste", () => setTimeout(() => {
+    if (/^[0-9Xx -]{10,17}$/.test(inputs.isbn.value.trim()) && !inputs.title.value) lookup.click();
+  }, 0));
+
   const form = h("form", { class: "card form editor", novalidate: true },
     h("div", { class: "isbn-row" }, field("ISBN", inputs.isbn, "ISBN-10 or ISBN-13"), lookup), lookupNote, preview,
     names.filter(([n]) => n !== "isbn").map(([name, label]) => field(label, inputs[name])),
