@@ -98,3 +98,63 @@ def call(port: int, method: str, path: str, body: Any = None, headers: dict[str,
         return json.loads(data)
     finally:
         conn.close()
+
+
+# -- the page's jobs: people who sign in, screenshots, accessibility --------------------------------
+
+PASSWORD = "correct horse battery staple"
+"""The password of everyone :func:`person` creates."""
+
+
+def person(
+    data_dir: Path, role: str = "member", first_name: str = "Ada", last_name: str = "Lovelace"
+) -> dict[str, Any]:
+    """A member with ``role`` who signs in with :data:`PASSWORD`, put into the data directory as
+    another process would; returns them with their email."""
+    import time
+    import uuid
+
+    from library import auth, members
+    from library.records import COLLECTIONS
+    from storage import JsonStore
+
+    store = JsonStore(data_dir, COLLECTIONS)
+    email = f"{role}-{uuid.uuid4().hex[:8]}@example.org"
+    password_hash = auth.hash_password(PASSWORD)
+    moment = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def add(txn: Any) -> dict[str, Any]:
+        data = {"email": email, "first_name": first_name, "last_name": last_name}
+        return members.create(txn, data, moment, password_hash, role)
+
+    try:
+        return store.update(add)
+    finally:
+        store.close()
+
+
+def token_headers(port: int, member: dict[str, Any]) -> dict[str, str]:
+    """Headers signing ``member`` (made by :func:`person`) in, through POST /auth/login."""
+    body = call(port, "POST", "/auth/login", {"email": member["email"], "password": PASSWORD})
+    return {"Authorization": f"Bearer {body['access_token']}"}
+
+
+def screenshot_dir(fallback: Path) -> Path:
+    """Where screenshots go: ``LIBRARY_SCREENSHOTS`` when set (to look at them), else ``fallback``."""
+    chosen = os.environ.get("LIBRARY_SCREENSHOTS")
+    folder = Path(chosen) if chosen else fallback
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def serious_violations(page: Page) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is now (axe is bundled with
+    axe-playwright-python: nothing is fetched)."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page).response
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+        for v in results["violations"]
+        if v.get("impact") in ("serious", "critical")
+    ]

@@ -51,7 +51,29 @@ def docs() -> Response:
     return send_from_directory(STATIC, "docs.html")
 
 
+PAGE_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        # covers: our uploads, a picked file's preview, and Open Library's (which redirect to archive.org)
+        "img-src 'self' data: blob: https://covers.openlibrary.org https://*.archive.org",
+        # the websocket and the API; Open Library for the ISBN lookup the browser makes (and the cover it fetches)
+        "connect-src 'self' https://openlibrary.org https://covers.openlibrary.org https://*.archive.org",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+"""The page's Content-Security-Policy: its own scripts and styles only (no inline ones), nothing
+from elsewhere but the optional ISBN lookup."""
+
+
 @bp.get("/")
 def index() -> Response:
-    """The catalogue page."""
-    return send_from_directory(STATIC, "index.html")
+    """The page: the catalogue for everyone, and the desk for those signed in."""
+    response = send_from_directory(STATIC, "index.html")
+    response.headers["Content-Security-Policy"] = PAGE_POLICY
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
