@@ -319,6 +319,11 @@ class PgStore(Store):
         return self._snap
 
     @property
+    def waiting_writes(self) -> int:
+        """How many updates of this process wait to be committed (the next group commit's size)."""
+        return len(self._queue)
+
+    @property
     def seq(self) -> int:
         return self.snapshot().seq
 
@@ -478,9 +483,9 @@ class PgStore(Store):
             del self._pushed[name]
         self._files_seq = files_seq
 
-    def sync_files(self) -> None:
+    def share_files(self) -> None:
         """Put this process's new local files into the database now (a commit does it too)."""
-        self.update(lambda txn: None)
+        self._push_files_now()
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -713,6 +718,7 @@ class PgStore(Store):
     def _push_files_now(self) -> None:
         with self._commit_mutex, self._conn() as conn:
             self._lock_in(conn)
+            self._catch_up_in(conn)
             self._push_files(conn)
             conn.commit()
 
