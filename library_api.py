@@ -36,6 +36,7 @@ from library.commands import (
     create_admin_command,
     export_command,
     load_books_command,
+    migrate_data_command,
     overdue_command,
     remove_sample_command,
     restore_command,
@@ -210,7 +211,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     directory = Path(app.config["DATA_DIR"] or app.instance_path)
     app.extensions["library_was_empty"] = not operations.has_data(directory)
     app.extensions["library_store"] = open_store(app)
-    if not database_url(app.config) and app.config["WARN_EPHEMERAL_DISK"] not in (False, 0, "0", "false", "False", "no", ""):
+    warn = app.config["WARN_EPHEMERAL_DISK"] not in (False, 0, "0", "false", "False", "no", "")
+    if warn and not database_url(app.config):  # on PostgreSQL the folder only caches the files
         reasons = operations.ephemeral_reasons(directory, HERE, os.environ)
         if reasons:
             log.warning(
@@ -277,6 +279,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(export_command)
     app.cli.add_command(backup_command)
     app.cli.add_command(restore_command)
+    app.cli.add_command(migrate_data_command)
     return app
 
 

@@ -421,7 +421,10 @@ class PgStore(Store):
                 (since, current, limit + 1),
             ).fetchall()
             conn.rollback()
-        chosen = [(seq, b'{"seq":%d,' % seq + text[1:].encode() if text != "{}" else b'{"seq":%d}' % seq) for seq, text in rows[:limit]]
+        chosen = [
+            (seq, b'{"seq":%d,' % seq + text[1:].encode() if text != "{}" else b'{"seq":%d}' % seq)
+            for seq, text in rows[:limit]
+        ]
         last = chosen[-1][0] if len(rows) > limit else current
         return chosen, last
 
@@ -440,7 +443,7 @@ class PgStore(Store):
 
     def _write_files(self, files: list[tuple[str, bytes, int]]) -> None:
         """Write files read from the database into ``directory``. State mutex held."""
-        for name, data, seq in files:
+        for name, data, _seq in files:
             path = self.directory / name
             if path.parent != self.directory and path.parent.name not in FILE_FOLDERS:
                 continue
@@ -567,7 +570,13 @@ class PgStore(Store):
                 cur.executemany(
                     "INSERT INTO library_changes (seq, collection, id, record, event) VALUES (%s, %s, %s, %s, %s)",
                     [
-                        (s, c.collection, c.id, None if c.after is None else _jsonb(c.after), None if e is None else _jsonb(e))
+                        (
+                            s,
+                            c.collection,
+                            c.id,
+                            None if c.after is None else _jsonb(c.after),
+                            None if e is None else _jsonb(e),
+                        )
                         for (s, c), e in zip(numbered, events, strict=True)
                     ],
                 )
@@ -585,7 +594,8 @@ class PgStore(Store):
             if moved:
                 conn.cursor().executemany(
                     "INSERT INTO library_next_ids (collection, next_id) VALUES (%s, %s) "
-                    "ON CONFLICT (collection) DO UPDATE SET next_id = GREATEST(library_next_ids.next_id, excluded.next_id)",
+                    "ON CONFLICT (collection) DO UPDATE "
+                    "SET next_id = GREATEST(library_next_ids.next_id, excluded.next_id)",
                     moved,
                 )
             conn.execute("UPDATE library_seq SET seq = %s", (seq,))
