@@ -79,7 +79,9 @@ def token(url: str) -> str:
     return auth.issue_token(SECRET.encode(), person, 86400)
 
 
-def measure(size: int, server_url: str, workers: int, duration: int, warmup: int, folder: Path) -> dict:
+def measure(
+    size: int, server_url: str, workers: int, duration: int, warmup: int, folder: Path, scenarios: list[str]
+) -> dict:
     catalogue = base.catalogue_file(size)
     facts = base.facts_of(catalogue)
     data = folder / f"data-{size}"
@@ -113,7 +115,7 @@ def measure(size: int, server_url: str, workers: int, duration: int, warmup: int
         bearer = token(url)
         wrk = shutil.which("wrk")
         assert wrk, "needs wrk (apt-get install wrk)"
-        chosen = [s for s in base.SCENARIOS if s.name in SCENARIOS]
+        chosen = [s for s in base.SCENARIOS if s.name in scenarios]
         for scenario in chosen:
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
                 # Warm up first (not measured): each worker's first request of a kind builds its
@@ -140,6 +142,9 @@ def measure(size: int, server_url: str, workers: int, duration: int, warmup: int
                 "socket_errors": sum(r["socket_errors"] for r in runs),
             }
             result["scenarios"][scenario.name] = row
+            if not row["req_per_s"]:
+                for log in sorted(folder.glob("gunicorn-*.log")):
+                    print(log.read_text()[-2000:], file=sys.stderr)
             print(size, scenario.name, row, file=sys.stderr, flush=True)
     finally:
         for _, process in servers:
@@ -173,6 +178,7 @@ def main() -> None:
         "--workers-1m", type=int, default=1, help="workers of each server at a million books (each holds the catalogue)"
     )
     parser.add_argument("--duration", type=int, default=5, help="seconds per scenario")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of: " + ", ".join(SCENARIOS))
     parser.add_argument("--warmup", type=int, default=8, help="seconds of each scenario run first, not measured")
     args = parser.parse_args()
     server_url = args.url or cluster.server()
@@ -180,7 +186,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="library-bench-pg-") as folder:
         for size in (int(s) for s in args.sizes.split(",")):
             workers = args.workers if size < 1_000_000 else args.workers_1m
-            results.append(measure(size, server_url, workers, args.duration, args.warmup, Path(folder)))
+            results.append(
+                measure(size, server_url, workers, args.duration, args.warmup, Path(folder), args.scenarios.split(","))
+            )
     print(json.dumps(results, indent=2))
 
 

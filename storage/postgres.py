@@ -341,16 +341,19 @@ class PgStore(Store):
             log.warning("this process fell behind the changes kept (%d < %d): reloading", since, floor)
             self._load()
             return
-        files = []
-        if files_seq != files_since:
-            files = conn.execute(
-                "SELECT name, data, seq FROM library_files WHERE seq > %s ORDER BY seq", (files_since,)
-            ).fetchall()
         rows = []
         if seq != since:
             rows = conn.execute(
                 "SELECT seq, collection, id, record::text FROM library_changes WHERE seq > %s ORDER BY seq", (since,)
             ).fetchall()
+        # After the changes: a file is committed with (or before) the first change naming it, so
+        # every file a change read above names is in this answer.
+        files = []
+        if files_seq != files_since or rows:
+            files = conn.execute(
+                "SELECT name, data, seq FROM library_files WHERE seq > %s ORDER BY seq", (files_since,)
+            ).fetchall()
+            files_seq = max([files_seq, *(f[2] for f in files)])
         with self._state:
             self._write_files(files)
             self._files_seq = max(self._files_seq, files_seq)

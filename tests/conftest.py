@@ -62,7 +62,10 @@ def app(data_dir: Path, backend: str):
     made = create_app({**config, **backend_config(backend, data_dir)})
     yield made
     if backend == "postgresql":
+        from tests.postgres import drop_database
+
         made.extensions["library_store"].close()  # its connections
+        drop_database(made.config["DATABASE_URL"])
 
 
 @pytest.fixture
@@ -71,7 +74,10 @@ def seeded_app(data_dir: Path, backend: str):
     made = create_app({"TESTING": True, "DATA_DIR": str(data_dir), **backend_config(backend, data_dir)})
     yield made
     if backend == "postgresql":
+        from tests.postgres import drop_database
+
         made.extensions["library_store"].close()  # its connections
+        drop_database(made.config["DATABASE_URL"])
 
 
 class Clock:

@@ -130,3 +130,10 @@ def database_for(place: Path) -> str:
     if key not in _by_place:
         _by_place[key] = fresh_database(key)
     return _by_place[key]
+
+
+def drop_database(url: str) -> None:
+    """Remove a database made by :func:`fresh_database` (its connections are cut)."""
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(server(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
