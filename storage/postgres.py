@@ -512,11 +512,13 @@ class PgStore(Store):
             batch, self._queue = self._queue, []
         for item in batch:
             item.taken = True
+        ran = False
         try:
             with self._conn() as conn:
                 self._lock_in(conn)
                 self._catch_up_in(conn)
                 base = Txn(self._snap)
+                ran = True
                 for item in batch:
                     child = base.child()
                     try:
@@ -527,7 +529,8 @@ class PgStore(Store):
                         base.merge(child)
                 self._commit_in(conn, base)
         except BaseException as exc:
-            self.failed_commits += 1
+            if ran:  # updaters ran (and may have changed what callers keep in step): not committed
+                self.failed_commits += 1
             if isinstance(exc, psycopg.Error):
                 exc = StoreUnavailableError(f"The database refused the change: {_reason(exc)}")
             for item in batch:

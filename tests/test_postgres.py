@@ -138,3 +138,24 @@ def test_a_database_newer_than_the_code_is_refused(tmp_path):
         conn.execute("UPDATE library_schema SET version = 999")
     with pytest.raises(Exception, match="newer than this server"):
         pg_app(url, tmp_path / "cache")
+
+
+def test_a_write_that_timed_out_waiting_for_the_lock_ran_nothing_and_fails_no_commit(tmp_path):
+    """Callers that keep indexes in step with commits rebuild them after a failed commit; a write
+    that never got the lock ran no updater, so it must not send every index into a rebuild (under
+    the lock, holding up every other server)."""
+    from storage import LockTimeoutError
+    from storage.postgres import PgStore
+
+    url = fresh_database(str(tmp_path))
+    holder, waiter = PgStore(url, ("books",)), PgStore(url, ("books",), lock_timeout=0.2)
+    try:
+        ran = []
+        with holder.exclusive(), pytest.raises(LockTimeoutError):
+            waiter.update(lambda txn: ran.append(txn.insert("books", {"title": "t"})))
+        assert ran == [] and waiter.failed_commits == 0
+        waiter.update(lambda txn: txn.insert("books", {"title": "t"}))
+        assert holder.snapshot().count("books") == 1
+    finally:
+        holder.close()
+        waiter.close()
