@@ -36,6 +36,7 @@ from library.commands import (
     create_admin_command,
     export_command,
     load_books_command,
+    migrate_data_command,
     overdue_command,
     remove_sample_command,
     restore_command,
@@ -51,6 +52,7 @@ from library.web.live import release_live_slot, reserve_live_slot, sock
 from library.web.problems import register_errors
 from storage import (
     JsonStore,
+    Store,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -72,6 +74,13 @@ SETTINGS = (
     ),
     Setting(
         "SEED_FILE", str(HERE / "books.json"), 'Catalogue a new, empty data directory starts with. "" starts empty.'
+    ),
+    Setting(
+        "DATABASE_URL",
+        "",
+        "postgresql://user:password@host/database: keep the data in PostgreSQL, shared by several app servers "
+        "(DATA_DIR then only caches the files). Empty: DATABASE_URL, the PaaS convention, if set; else the data "
+        "directory's JSON files.",
     ),
     Setting("LOCK_TIMEOUT", 10.0, "Seconds a write waits for the data directory's lock before answering 503."),
     Setting("JOURNAL_KEEP", 10000, "Changes the journal keeps for clients catching up; older ones answer 410."),
@@ -119,8 +128,13 @@ SETTINGS = (
 """Every setting: ``LIBRARY_<NAME>`` in the environment (or ``.env``), ``<NAME>`` in app.config."""
 
 
-def open_store(app: Flask) -> JsonStore:
-    """Open (and on first use fill) the data directory."""
+def database_url(config: Any) -> str:
+    """The PostgreSQL database to use: LIBRARY_DATABASE_URL, else DATABASE_URL, else "" (JSON files)."""
+    return str(config.get("DATABASE_URL") or os.environ.get("DATABASE_URL") or "")
+
+
+def open_store(app: Flask) -> Store:
+    """Open (and on first use fill) the data directory, or the database when one is configured."""
     data_dir = Path(app.config["DATA_DIR"] or app.instance_path)
     seed_file = app.config["SEED_FILE"]
 
@@ -129,21 +143,36 @@ def open_store(app: Flask) -> JsonStore:
             rows = loader.read_rows(Path(seed_file))
             catalogue.seed(txn, [_import_fields(fields)[0] for _, fields in rows])
 
-    opened: list[JsonStore] = []  # the store, once it is open: events read statuses from its last view
+    opened: list[Store] = []  # the store, once it is open: events read statuses from its last view
 
     def describe(changes: list[Any], after: Any) -> list[dict[str, Any] | None]:
         return catalogue.describe(changes, after, opened[0] if opened else None)
 
-    library_store = JsonStore(
-        data_dir,
-        COLLECTIONS,
-        describe=describe,
-        initial=fill,
-        validate=records.problem,
-        lock_timeout=float(app.config["LOCK_TIMEOUT"]),
-        journal_keep=int(app.config["JOURNAL_KEEP"]),
-        checkpoint_changes=int(app.config["CHECKPOINT_CHANGES"]),
-    )
+    url = database_url(app.config)
+    library_store: Store
+    if url:
+        from storage.postgres import PgStore
+
+        library_store = PgStore(
+            url,
+            COLLECTIONS,
+            directory=data_dir,
+            describe=describe,
+            initial=fill,
+            lock_timeout=float(app.config["LOCK_TIMEOUT"]),
+            journal_keep=int(app.config["JOURNAL_KEEP"]),
+        )
+    else:
+        library_store = JsonStore(
+            data_dir,
+            COLLECTIONS,
+            describe=describe,
+            initial=fill,
+            validate=records.problem,
+            lock_timeout=float(app.config["LOCK_TIMEOUT"]),
+            journal_keep=int(app.config["JOURNAL_KEEP"]),
+            checkpoint_changes=int(app.config["CHECKPOINT_CHANGES"]),
+        )
     opened.append(library_store)
     return library_store
 
@@ -186,7 +215,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     directory = Path(app.config["DATA_DIR"] or app.instance_path)
     app.extensions["library_was_empty"] = not operations.has_data(directory)
     app.extensions["library_store"] = open_store(app)
-    if app.config["WARN_EPHEMERAL_DISK"] not in (False, 0, "0", "false", "False", "no", ""):
+    warn = app.config["WARN_EPHEMERAL_DISK"] not in (False, 0, "0", "false", "False", "no", "")
+    if warn and not database_url(app.config):  # on PostgreSQL the folder only caches the files
         reasons = operations.ephemeral_reasons(directory, HERE, os.environ)
         if reasons:
             log.warning(
@@ -216,6 +246,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["library_secret"] = auth.load_secret(
         str(app.config["SECRET_KEY"] or ""), Path(app.extensions["library_store"].directory)
     )
+    app.extensions["library_store"].share_files()  # a generated key: the same for every app server
     register_errors(app)
     app.after_request(safe_headers)
     register_blueprints(app)
@@ -252,6 +283,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(export_command)
     app.cli.add_command(backup_command)
     app.cli.add_command(restore_command)
+    app.cli.add_command(migrate_data_command)
     return app
 
 

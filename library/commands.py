@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
+import psycopg
 from flask import current_app
 from flask.cli import with_appcontext
 from marshmallow import ValidationError
@@ -30,6 +32,7 @@ from library.records import COLLECTIONS
 from library.schemas import (
     RegisterSchema,
 )
+from storage import JsonStore, StorageError, convert
 
 log = logging.getLogger("library_api")
 
@@ -153,7 +156,18 @@ def export_command(fmt: str, output: Path | None) -> None:
 def backup_command(path: Path | None) -> None:
     """Write one consistent archive of the data directory (safe while the server runs)."""
     target = path or Path(f"library-backup-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.tar.gz")
-    report = operations.backup(store(), target)
+    if getattr(store(), "backend", "json") != "json":
+        # The database's state written out as a data directory: the archive is the same either
+        # way, and restores into either store.
+        with tempfile.TemporaryDirectory(prefix="library-backup-") as folder:
+            convert.write_directory(store(), data_dir(), Path(folder) / "data", COLLECTIONS)
+            copy = JsonStore(Path(folder) / "data", COLLECTIONS)
+            try:
+                report = operations.backup(copy, target)
+            finally:
+                copy.close()
+    else:
+        report = operations.backup(store(), target)
     click.echo(f"backed up {report.files} files at seq {report.seq} to {report.path} ({report.size} bytes)")
 
 
@@ -163,6 +177,12 @@ def backup_command(path: Path | None) -> None:
 @click.option("--force", is_flag=True, help="Replace the data already there (it is kept aside, not deleted).")
 def restore_command(path: Path, force: bool) -> None:
     """Put a backup back into the data directory, after checking it whole."""
+    if getattr(store(), "backend", "json") != "json":
+        raise click.ClickException(
+            "restore puts a backup into a data directory: run it with LIBRARY_DATABASE_URL and DATABASE_URL "
+            "unset and LIBRARY_DATA_DIR set to a new folder, then copy that into an empty database with "
+            "migrate-data --to"
+        )
     directory = data_dir()
     if current_app.extensions.get("library_was_empty"):
         force = True  # only what this command's own start-up wrote is there
@@ -174,6 +194,26 @@ def restore_command(path: Path, force: bool) -> None:
     click.echo(f"restored {path} into {directory}")
     if aside is not None:
         click.echo(f"the data it replaced is kept in {aside}")
+
+
+@click.command("migrate-data")
+@with_appcontext
+@click.option("--to", "url", required=True, help="postgresql://user:password@host/database, an empty database.")
+def migrate_data_command(url: str) -> None:
+    """Copy the data directory (every collection, the journal's sequence number, the uploads, the
+    signing key) into an empty PostgreSQL database, and check the counts read back."""
+    source = store()
+    if getattr(source, "backend", "json") != "json":
+        raise click.ClickException(
+            "migrate-data copies a data directory: run it with LIBRARY_DATABASE_URL and DATABASE_URL unset"
+        )
+    try:
+        copied = convert.copy_to_database(source, data_dir(), url, COLLECTIONS)
+    except (StorageError, psycopg.Error) as exc:
+        raise click.ClickException(str(exc).strip()) from None
+    counts = ", ".join(f"{n} {name}" for name, n in copied.counts.items())
+    click.echo(f"copied {counts}, {copied.files} files at seq {copied.seq}; counts verified")
+    click.echo("now set LIBRARY_DATABASE_URL to that database and restart the servers")
 
 
 def _line_ranges(spans: str) -> str:

@@ -210,6 +210,8 @@ class HealthSchema(Schema):
     seq = fields.Integer()
     books = fields.Integer()
     problems = fields.List(fields.Nested(HealthProblemSchema), metadata={"description": "what refuses writes"})
+    backend = fields.String(metadata={"description": "json (the data directory's files) or postgresql"})
+    schema_version = fields.Integer(metadata={"description": "the database's schema version (PostgreSQL)"})
 
 
 # -- members and sign-in ---------------------------------------------------------------------------

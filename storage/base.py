@@ -413,5 +413,9 @@ class Store(abc.ABC):
         stands in the way of writes now."""
         return {"writable": True, "problems": [], "seq": self.snapshot().seq}
 
+    def share_files(self) -> None:  # noqa: B027 - the files are already shared for some stores
+        """Make the files written into the store's ``directory`` (uploads, the signing key) visible
+        to every other process of the store now (a commit does it too)."""
+
     def close(self) -> None:  # noqa: B027 - optional for stores that hold nothing open
         """Release what the store holds open (after writing what is pending)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,16 +23,61 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-@pytest.fixture
-def app(data_dir: Path):
-    """An app whose data directory starts empty (no sample catalogue)."""
-    return create_app({"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET})
+BOTH_BACKENDS = {
+    "test_books_api",
+    "test_catalogue_index",
+    "test_circulation",
+    "test_http",
+    "test_members",
+    "test_readcache",
+    "test_uploads",
+}
+"""The API test modules run against both stores (the others test the JSON files themselves).
+LIBRARY_TEST_BACKEND=json or =postgresql runs them against one only."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        backends = ["json", "postgresql"] if module in BOTH_BACKENDS else ["json"]
+        only = os.environ.get("LIBRARY_TEST_BACKEND")
+        if only and module in BOTH_BACKENDS:
+            backends = [only]
+        metafunc.parametrize("backend", backends)
+
+
+def backend_config(backend: str, data_dir: Path) -> dict[str, Any]:
+    """What an app needs to run on ``backend``: a fresh database for PostgreSQL."""
+    if backend == "postgresql":
+        from tests.postgres import fresh_database
+
+        return {"DATABASE_URL": fresh_database(str(data_dir))}
+    return {"DATABASE_URL": ""}
 
 
 @pytest.fixture
-def seeded_app(data_dir: Path):
-    """An app whose data directory starts with the sample catalogue of books.json."""
-    return create_app({"TESTING": True, "DATA_DIR": str(data_dir)})
+def app(data_dir: Path, backend: str):
+    """An app whose data directory (or database) starts empty (no sample catalogue)."""
+    config = {"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET}
+    made = create_app({**config, **backend_config(backend, data_dir)})
+    yield made
+    if backend == "postgresql":
+        from tests.postgres import drop_database
+
+        made.extensions["library_store"].close()  # its connections
+        drop_database(made.config["DATABASE_URL"])
+
+
+@pytest.fixture
+def seeded_app(data_dir: Path, backend: str):
+    """An app whose data directory (or database) starts with the sample catalogue of books.json."""
+    made = create_app({"TESTING": True, "DATA_DIR": str(data_dir), **backend_config(backend, data_dir)})
+    yield made
+    if backend == "postgresql":
+        from tests.postgres import drop_database
+
+        made.extensions["library_store"].close()  # its connections
+        drop_database(made.config["DATABASE_URL"])
 
 
 class Clock:

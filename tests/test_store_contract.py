@@ -30,7 +30,14 @@ def json_store(place: Path) -> Store:
     return JsonStore(place, COLLECTIONS, describe=describe)
 
 
-BACKENDS: dict[str, Callable[[Path], Store]] = {"json": json_store}
+def pg_store(place: Path) -> Store:
+    from storage.postgres import PgStore
+    from tests.postgres import database_for
+
+    return PgStore(database_for(place), COLLECTIONS, describe=describe, directory=place)
+
+
+BACKENDS: dict[str, Callable[[Path], Store]] = {"json": json_store, "postgresql": pg_store}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -33,6 +33,9 @@ def healthz() -> Response:
     current = view()
     health = store().health()
     body = {"status": "ok" if health["writable"] else "degraded", "seq": current.seq, "books": len(current.books)}
+    body["backend"] = health.get("backend", "json")
+    if "schema_version" in health:
+        body["schema_version"] = health["schema_version"]
     if not health["writable"]:
         body["problems"] = health["problems"]
         return json_response(orjson.dumps(body), status=503)

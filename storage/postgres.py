@@ -1,0 +1,744 @@
+"""The PostgreSQL store: the same contract as the JSON files, for several app servers on one database.
+
+How a write works (one writer at a time across every app server):
+
+1. a group commit of this process opens one transaction and locks the one row of ``library_seq``
+   (``SELECT ... FOR UPDATE``): every other writer of every server waits there, so the order of
+   ``seq`` is the order of commits (a seq taken by one transaction can never be committed after a
+   later one);
+2. under that lock it catches up with what other servers committed (the ``library_changes`` rows
+   after its last seq) and runs the updaters on that fresh state, so a check (the loan limit, one
+   borrower per book, If-Match, the login lockout) sees the latest committed state;
+3. it writes the changed records (``library_records``, JSONB by collection and id), one row of
+   ``library_changes`` per change with its seq and public event, the new ``library_seq``, sends a
+   ``NOTIFY`` and commits (synchronous commit: the WAL is flushed before the answer).
+
+Readers keep an in-memory :class:`Snapshot` like the JSON store, so every index built on it above
+the store works unchanged: each :meth:`PgStore.snapshot` asks for the changes after the seq it holds
+(one query, empty when nothing changed) and applies them. A listening connection wakes this process
+when another one commits (``LISTEN library_changes``) so its snapshot is caught up before a request
+asks; a missed notification loses nothing, since the changes are always read from the database.
+
+Files (covers, documents and the signing key) live in ``library_files``: a file that a process
+writes into its local ``directory`` (a cache, not the source of truth) is put into the database by
+the next commit of that process, before the commit that refers to it, and every other process
+writes it into its own ``directory`` when it catches up past it.
+
+Schema migrations are numbered SQL scripts applied at start under ``pg_advisory_lock``: several
+servers starting at once apply each once, and the others wait and then go on.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from storage.base import Change, Describe, Record, Snapshot, Store, Table, Txn
+from storage.errors import (
+    CommitUnknownError,
+    JournalTruncatedError,
+    LockTimeoutError,
+    StorageError,
+    StoreUnavailableError,
+)
+
+T = TypeVar("T")
+log = logging.getLogger("library_api.storage")
+
+CHANGES_KEPT = 4096
+ADVISORY_KEY = 0x6C696272  # "libr": the migration lock
+CHANNEL = "library_changes"
+FILE_FOLDERS = ("uploads",)
+"""Folders of ``directory`` whose files are kept in the database (with the files at its top)."""
+
+MIGRATIONS: list[str] = [
+    # 1: records, the change sequence, next ids and files
+    """
+    CREATE TABLE library_seq (
+        id int PRIMARY KEY CHECK (id = 1),
+        seq bigint NOT NULL,
+        floor bigint NOT NULL DEFAULT 0,
+        filled boolean NOT NULL DEFAULT false,
+        files bigint NOT NULL DEFAULT 0
+    );
+    INSERT INTO library_seq (id, seq) VALUES (1, 0);
+    CREATE TABLE library_records (
+        collection text NOT NULL,
+        id bigint NOT NULL,
+        record jsonb NOT NULL,
+        seq bigint NOT NULL,
+        PRIMARY KEY (collection, id)
+    );
+    CREATE TABLE library_next_ids (collection text PRIMARY KEY, next_id bigint NOT NULL);
+    CREATE TABLE library_changes (
+        seq bigint PRIMARY KEY,
+        collection text NOT NULL,
+        id bigint NOT NULL,
+        record jsonb,
+        event jsonb,
+        at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX library_changes_events ON library_changes (seq) WHERE event IS NOT NULL;
+    CREATE TABLE library_files (
+        name text PRIMARY KEY,
+        data bytea NOT NULL,
+        seq bigint NOT NULL
+    );
+    CREATE INDEX library_files_seq ON library_files (seq);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(url: str, timeout: float = 60.0) -> int:
+    """Bring the database at ``url`` to :data:`SCHEMA_VERSION` under an advisory lock (servers
+    starting at once wait for the one migrating). Returns the version.
+
+    :raises StoreUnavailableError: when the database is newer than this code.
+    """
+    with psycopg.connect(url, autocommit=True, connect_timeout=int(timeout)) as conn:
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(timeout * 1000)}ms",))
+        conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_KEY,))
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS library_schema (version int NOT NULL)")
+            row = conn.execute("SELECT version FROM library_schema").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO library_schema VALUES (0)")
+                version = 0
+            else:
+                version = row[0]
+            if version > SCHEMA_VERSION:
+                raise StoreUnavailableError(
+                    f"The database is at schema version {version}, newer than this server's {SCHEMA_VERSION}: "
+                    "upgrade the server"
+                )
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                log.warning("database: applying schema migration %d", number)
+                with conn.transaction():
+                    conn.execute(MIGRATIONS[number - 1])
+                    conn.execute("UPDATE library_schema SET version = %s", (number,))
+            return SCHEMA_VERSION
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_KEY,))
+
+
+def _loads(data: Any) -> Any:
+    return orjson.loads(data) if isinstance(data, (bytes, bytearray, memoryview, str)) else data
+
+
+def _jsonb(value: Any) -> Jsonb:
+    return Jsonb(value, dumps=lambda v: orjson.dumps(v).decode())
+
+
+class _Pending:
+    """One updater waiting to be committed, and then its result or error."""
+
+    __slots__ = ("updater", "value", "error", "taken", "done")
+
+    def __init__(self, updater: Callable[[Txn], Any]) -> None:
+        self.updater = updater
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.taken = False
+        self.done = threading.Event()
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class PgStore(Store):
+    """The collections of one PostgreSQL database.
+
+    :param url: a libpq connection string (``postgresql://user:pass@host/db``).
+    :param collections: the names of the collections.
+    :param directory: this process's local folder for the files (uploads, the signing key): a cache
+        of ``library_files``, filled from the database.
+    :param describe: turns a transaction's changes into public events (see :data:`Describe`).
+    :param initial: called with a :class:`Txn` once, when the database is new, to fill it.
+    :param lock_timeout: seconds a write waits for the commit lock before :class:`LockTimeoutError`.
+    :param journal_keep: how many changes ``library_changes`` keeps (at least).
+    :param pool_size: the most connections this process opens.
+    """
+
+    backend = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        collections: Sequence[str],
+        *,
+        directory: Path | str | None = None,
+        describe: Describe | None = None,
+        initial: Callable[[Txn], Any] | None = None,
+        lock_timeout: float = 10.0,
+        journal_keep: int = 10_000,
+        pool_size: int = 8,
+        **_ignored: Any,
+    ) -> None:
+        self.url = url
+        self.collections = tuple(collections)
+        self.directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="library-files-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._describe = describe
+        self._lock_timeout = lock_timeout
+        self._journal_keep = max(1, journal_keep)
+        self._pool_size = max(2, pool_size)
+        self.failed_commits = 0
+        self._closed = False
+        self._problem: str | None = None
+        self._init_process_state()
+        try:
+            self.schema_version = migrate(url, max(lock_timeout, 60.0))
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(f"The database cannot be reached or migrated: {_reason(exc)}") from exc
+        self._snap = Snapshot(0, {name: Table(name, Snapshot(0, {}).records(name), 1, 0) for name in self.collections})
+        self._files_seq = 0
+        self._pushed: dict[str, tuple[int, int]] = {}
+        self._reset_memory(0)
+        self._load()
+        if initial is not None:
+            self._fill(initial)
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (store := ref()) is not None and store._init_process_state())
+
+    def _init_process_state(self) -> None:
+        """Locks, pool and threads of this process (a forked child takes fresh ones)."""
+        self._commit_mutex = threading.RLock()
+        self._state = threading.RLock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
+        self._pool: ConnectionPool | None = None
+        self._pool_pid = os.getpid()
+        self._worker: threading.Thread | None = None
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None or self._pool_pid != os.getpid():
+            with self._state:
+                if self._pool is None or self._pool_pid != os.getpid():
+                    self._pool = ConnectionPool(
+                        self.url,
+                        min_size=1,
+                        max_size=self._pool_size,
+                        timeout=self._lock_timeout,
+                        open=True,
+                        name="library",
+                        kwargs={"autocommit": False},
+                    )
+                    self._pool_pid = os.getpid()
+        return self._pool
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection]:
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise LockTimeoutError(f"No database connection was free for {self._lock_timeout:g} s") from exc
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailableError(f"The database cannot be reached: {_reason(exc)}") from exc
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _reset_memory(self, floor: int) -> None:
+        self._changes_floor = floor
+        self._change_seqs: list[int] = []
+        self._change_list: list[Change] = []
+
+    def _load(self) -> None:
+        """Read every record (at start, or when this process fell behind the changes kept)."""
+        with self._conn() as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            seq, files_seq = conn.execute("SELECT seq, files FROM library_seq").fetchone()
+            items: dict[str, list[tuple[int, Record]]] = {name: [] for name in self.collections}
+            last: dict[str, int] = {name: 0 for name in self.collections}
+            cur = conn.cursor(name="library_load")
+            cur.itersize = 20_000
+            cur.execute("SELECT collection, id, record::text, seq FROM library_records")
+            for collection, rid, record, rseq in cur:
+                if collection in items:
+                    items[collection].append((rid, orjson.loads(record)))
+                    last[collection] = max(last[collection], rseq)
+            cur.close()
+            next_ids = dict(conn.execute("SELECT collection, next_id FROM library_next_ids").fetchall())
+            files = conn.execute("SELECT name, data, seq FROM library_files").fetchall()
+            conn.rollback()
+        tables = {}
+        for name in self.collections:
+            base = Table(name, Snapshot(0, {}).records(name), 1, 0)
+            table = base.with_changes(items[name], last[name], next_ids.get(name, 1))
+            tables[name] = table
+        with self._state:
+            self._snap = Snapshot(seq, tables)
+            self._reset_memory(seq)
+            self._write_files(files)
+            self._files_seq = files_seq
+
+    def _fill(self, initial: Callable[[Txn], Any]) -> None:
+        """Run ``initial`` once in the database's life (the first server to start does)."""
+
+        def fill(txn: Txn) -> None:
+            initial(txn)
+
+        with self._commit_mutex, self._conn() as conn:
+            row = conn.execute("SELECT filled FROM library_seq FOR UPDATE").fetchone()
+            if row[0]:
+                conn.rollback()
+                return
+            self._catch_up_in(conn)
+            base = Txn(self._snap)
+            initial(base)
+            self._commit_in(conn, base, extra="UPDATE library_seq SET filled = true")
+
+    def snapshot(self) -> Snapshot:
+        try:
+            with self._conn() as conn:
+                self._catch_up_in(conn)
+                conn.rollback()
+        except (StorageError, psycopg.Error) as exc:  # readers keep the last good state
+            self._note_problem(exc)
+        return self._snap
+
+    @property
+    def waiting_writes(self) -> int:
+        """How many updates of this process wait to be committed (the next group commit's size)."""
+        return len(self._queue)
+
+    @property
+    def seq(self) -> int:
+        return self.snapshot().seq
+
+    def _catch_up_in(self, conn: psycopg.Connection) -> None:
+        """Apply what was committed after this process's snapshot (in ``conn``'s transaction): one
+        query when nothing changed."""
+        with self._state:
+            since = self._snap.seq
+            files_since = self._files_seq
+        seq, files_seq, floor = conn.execute("SELECT seq, files, floor FROM library_seq").fetchone()
+        if seq == since and files_seq == files_since:
+            self._problem = None
+            return
+        if since < floor:
+            log.warning("this process fell behind the changes kept (%d < %d): reloading", since, floor)
+            self._load()
+            return
+        rows = []
+        if seq != since:
+            rows = conn.execute(
+                "SELECT seq, collection, id, record::text FROM library_changes WHERE seq > %s ORDER BY seq", (since,)
+            ).fetchall()
+        # After the changes: a file is committed with (or before) the first change naming it, so
+        # every file a change read above names is in this answer.
+        files = []
+        if files_seq != files_since or rows:
+            files = conn.execute(
+                "SELECT name, data, seq FROM library_files WHERE seq > %s ORDER BY seq", (files_since,)
+            ).fetchall()
+            files_seq = max([files_seq, *(f[2] for f in files)])
+        with self._state:
+            self._write_files(files)
+            self._files_seq = max(self._files_seq, files_seq)
+            rows = [row for row in rows if row[0] > self._snap.seq]  # another thread may have caught up
+            if rows:
+                self._apply(rows)
+        self._problem = None
+
+    def _apply(self, rows: list[tuple[int, str, int, str | None]]) -> None:
+        """Take in changes committed elsewhere. State mutex held."""
+        old = self._snap
+        changes: list[tuple[int, Change]] = []
+        grouped: dict[str, list[tuple[int, Record | None]]] = {}
+        current: dict[tuple[str, int], Record | None] = {}
+        for seq, name, rid, text in rows:
+            if name not in old.tables:
+                continue
+            record = None if text is None else orjson.loads(text)
+            key = (name, rid)
+            before = current[key] if key in current else old.tables[name].records.get(rid)
+            current[key] = record
+            changes.append((seq, Change(name, rid, before, record)))
+            grouped.setdefault(name, []).append((rid, record))
+        last = rows[-1][0]
+        tables = dict(old.tables)
+        for name, entries in grouped.items():
+            seq = max(s for s, c in changes if c.collection == name)
+            tables[name] = old.tables[name].with_changes(entries, seq)
+        self._snap = Snapshot(max(old.seq, last), tables)
+        self._remember_changes(changes)
+
+    def _remember_changes(self, changes: list[tuple[int, Change]]) -> None:
+        for seq, change in changes:
+            self._change_seqs.append(seq)
+            self._change_list.append(change)
+        if len(self._change_seqs) > 2 * CHANGES_KEPT:
+            cut = len(self._change_seqs) - CHANGES_KEPT
+            self._changes_floor = self._change_seqs[cut - 1]
+            del self._change_seqs[:cut], self._change_list[:cut]
+
+    def changes_between(self, since: int, until: int) -> list[tuple[int, Change]] | None:
+        import bisect
+
+        with self._state:
+            if since < self._changes_floor or until > self._snap.seq:
+                return None
+            lo = bisect.bisect_right(self._change_seqs, since)
+            hi = bisect.bisect_right(self._change_seqs, until)
+            return list(zip(self._change_seqs[lo:hi], self._change_list[lo:hi], strict=True))
+
+    def events_since(self, since: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        raw, last = self.raw_events_since(since, limit)
+        return [orjson.loads(item) for _, item in raw], last
+
+    def raw_events_since(self, since: int, limit: int) -> tuple[list[tuple[int, bytes]], int]:
+        current = self.snapshot().seq
+        with self._conn() as conn:
+            floor = conn.execute("SELECT floor FROM library_seq").fetchone()[0]
+            if since < floor or since > current:
+                conn.rollback()
+                raise JournalTruncatedError(
+                    f"The journal holds the changes after seq {floor} up to {current}, not those "
+                    f"after {since}; reload the catalogue and follow on from its ETag"
+                )
+            rows = conn.execute(
+                "SELECT seq, event::text FROM library_changes WHERE seq > %s AND seq <= %s AND event IS NOT NULL "
+                "ORDER BY seq LIMIT %s",
+                (since, current, limit + 1),
+            ).fetchall()
+            conn.rollback()
+        chosen = [
+            (seq, b'{"seq":%d,' % seq + text[1:].encode() if text != "{}" else b'{"seq":%d}' % seq)
+            for seq, text in rows[:limit]
+        ]
+        last = chosen[-1][0] if len(rows) > limit else current
+        return chosen, last
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def _local_files(self) -> Iterator[tuple[str, Path]]:
+        """The files of ``directory`` kept in the database, by their name there."""
+        for entry in os.scandir(self.directory):
+            if entry.is_file() and not entry.name.startswith("."):
+                yield entry.name, Path(entry.path)
+        for folder in FILE_FOLDERS:
+            with suppress(FileNotFoundError):
+                for entry in os.scandir(self.directory / folder):
+                    if entry.is_file() and not entry.name.startswith("."):
+                        yield f"{folder}/{entry.name}", Path(entry.path)
+
+    def _write_files(self, files: list[tuple[str, bytes, int]]) -> None:
+        """Write files read from the database into ``directory``. State mutex held."""
+        for name, data, _seq in files:
+            path = self.directory / name
+            if path.parent != self.directory and path.parent.name not in FILE_FOLDERS:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(bytes(data))
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+            st = path.stat()
+            self._pushed[name] = (st.st_size, st.st_mtime_ns)
+
+    def _push_files(self, conn: psycopg.Connection) -> None:
+        """Put the files this process wrote or removed since its last commit into the database (in
+        the commit's transaction, so they are there before anything that names them). Commit lock held."""
+        seen = set()
+        changed = []
+        for name, path in self._local_files():
+            if name.rsplit("/", 1)[-1].startswith(".") or name.endswith((".tmp", ".lock")):
+                continue
+            seen.add(name)
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if self._pushed.get(name) != (st.st_size, st.st_mtime_ns):
+                changed.append((name, path, (st.st_size, st.st_mtime_ns)))
+        removed = [name for name in self._pushed if name not in seen]
+        if not changed and not removed:
+            return
+        files_seq = conn.execute("UPDATE library_seq SET files = files + 1 RETURNING files").fetchone()[0]
+        for name, path, stamp in changed:
+            conn.execute(
+                "INSERT INTO library_files (name, data, seq) VALUES (%s, %s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET data = excluded.data, seq = excluded.seq",
+                (name, path.read_bytes(), files_seq),
+            )
+            self._pushed[name] = stamp
+        for name in removed:
+            conn.execute("DELETE FROM library_files WHERE name = %s", (name,))
+            del self._pushed[name]
+        self._files_seq = files_seq
+
+    def share_files(self) -> None:
+        """Put this process's new local files into the database now (a commit does it too)."""
+        self._push_files_now()
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def update(self, updater: Callable[[Txn], T]) -> T:
+        """See :meth:`Store.update`. Concurrent calls in one process are committed together in one
+        database transaction, each updater in its own child transaction."""
+        pending = _Pending(updater)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._commit_mutex:
+            if not pending.taken:
+                self._commit_queue()
+        pending.done.wait()
+        return cast(T, pending.outcome())
+
+    def _commit_queue(self) -> None:
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        for item in batch:
+            item.taken = True
+        ran = False
+        try:
+            with self._conn() as conn:
+                self._lock_in(conn)
+                self._catch_up_in(conn)
+                base = Txn(self._snap)
+                ran = True
+                for item in batch:
+                    child = base.child()
+                    try:
+                        item.value = contextvars.Context().run(item.updater, child)
+                    except BaseException as exc:
+                        item.error = exc
+                    else:
+                        base.merge(child)
+                self._commit_in(conn, base)
+        except BaseException as exc:
+            if ran:  # updaters ran (and may have changed what callers keep in step): not committed
+                self.failed_commits += 1
+            if isinstance(exc, psycopg.Error):
+                exc = StoreUnavailableError(f"The database refused the change: {_reason(exc)}")
+            for item in batch:
+                if item.error is None:
+                    item.error = exc
+        finally:
+            for item in batch:
+                item.done.set()
+
+    def _lock_in(self, conn: psycopg.Connection) -> None:
+        """Take the commit lock (the one row of library_seq) in ``conn``'s transaction."""
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(self._lock_timeout * 1000)}ms",))
+        try:
+            conn.execute("SELECT seq FROM library_seq FOR UPDATE")
+        except psycopg.errors.LockNotAvailable as exc:
+            conn.rollback()
+            raise LockTimeoutError(f"The database stayed locked for more than {self._lock_timeout:g} s") from exc
+
+    def _commit_in(self, conn: psycopg.Connection, base: Txn, extra: str | None = None) -> None:
+        """Write ``base``'s changes with their seqs and commit. The commit lock is held."""
+        changes = base.changes()
+        old = self._snap
+        seq = old.seq
+        numbered: list[tuple[int, Change]] = []
+        by_name: dict[str, list[tuple[int, Record | None]]] = {}
+        for change in changes:
+            seq += 1
+            numbered.append((seq, change))
+            by_name.setdefault(change.collection, []).append((change.id, change.after))
+        next_ids = {name: base.next_id(name) for name in self.collections}
+        new_tables = dict(old.tables)
+        for name, entries in by_name.items():
+            new_tables[name] = old.tables[name].with_changes(entries, seq, next_ids.get(name, 1))
+        for name, next_id in next_ids.items():
+            table = new_tables[name]
+            if next_id > table.next_id:
+                new_tables[name] = Table(name, table.records, next_id, table.seq)
+        new_snap = Snapshot(seq, new_tables)
+        events = self._describe(changes, new_snap) if self._describe and changes else [None] * len(changes)
+        self._push_files(conn)
+        if numbered:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO library_changes (seq, collection, id, record, event) VALUES (%s, %s, %s, %s, %s)",
+                    [
+                        (
+                            s,
+                            c.collection,
+                            c.id,
+                            None if c.after is None else _jsonb(c.after),
+                            None if e is None else _jsonb(e),
+                        )
+                        for (s, c), e in zip(numbered, events, strict=True)
+                    ],
+                )
+                puts = [(c.collection, c.id, _jsonb(c.after), s) for s, c in numbered if c.after is not None]
+                if puts:
+                    cur.executemany(
+                        "INSERT INTO library_records (collection, id, record, seq) VALUES (%s, %s, %s, %s) "
+                        "ON CONFLICT (collection, id) DO UPDATE SET record = excluded.record, seq = excluded.seq",
+                        puts,
+                    )
+                deletes = [(c.collection, c.id) for _, c in numbered if c.after is None]
+                if deletes:
+                    cur.executemany("DELETE FROM library_records WHERE collection = %s AND id = %s", deletes)
+            moved = [(n, i) for n, i in next_ids.items() if i > old.tables[n].next_id]
+            if moved:
+                conn.cursor().executemany(
+                    "INSERT INTO library_next_ids (collection, next_id) VALUES (%s, %s) "
+                    "ON CONFLICT (collection) DO UPDATE "
+                    "SET next_id = GREATEST(library_next_ids.next_id, excluded.next_id)",
+                    moved,
+                )
+            conn.execute("UPDATE library_seq SET seq = %s", (seq,))
+            conn.execute(sql.SQL("NOTIFY {}, {}").format(sql.Identifier(CHANNEL), sql.Literal(str(seq))))
+        if extra:
+            conn.execute(extra)
+        try:
+            conn.commit()
+        except psycopg.OperationalError as exc:
+            message = (
+                f"The database connection broke while saving a change ({_reason(exc)}); whether it was kept is "
+                "unknown: read it back before trying again"
+            )
+            raise CommitUnknownError(message) from exc
+        with self._state:
+            if self._snap is old:
+                self._snap = new_snap
+                self._remember_changes(numbered)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[Snapshot]:
+        """Hold the commit lock: no server commits while the block runs."""
+        with self._commit_mutex, self._conn() as conn:
+            self._lock_in(conn)
+            self._catch_up_in(conn)
+            try:
+                yield self._snap
+            finally:
+                conn.rollback()
+
+    # -- upkeep ----------------------------------------------------------------------------------
+
+    def maintain(self, force: bool = False) -> None:
+        """Follow the database, and drop the changes older than ``journal_keep`` (at most once a
+        minute, unless ``force``)."""
+        self.snapshot()
+        now = time.monotonic()
+        if not force and now - getattr(self, "_trimmed", 0.0) < 60:
+            return
+        self._trimmed = now
+        try:
+            with self._conn() as conn:
+                seq = conn.execute("SELECT seq FROM library_seq").fetchone()[0]
+                floor = seq - self._journal_keep
+                if floor > 0:
+                    conn.execute("SET LOCAL lock_timeout = '1s'")
+                    conn.execute("UPDATE library_seq SET floor = GREATEST(floor, %s)", (floor,))
+                    conn.execute("DELETE FROM library_changes WHERE seq <= %s", (floor,))
+                conn.commit()
+        except (StorageError, psycopg.Error) as exc:
+            log.debug("maintenance: %s", exc)
+
+    def start(self, interval: float = 0.25) -> None:
+        """Follow the database in the background: a thread that LISTENs for commits (and looks at
+        least every ``interval`` seconds), so this process's snapshot is fresh before it is asked."""
+        if self._worker is not None and self._worker.is_alive():
+            return
+        self._stop = threading.Event()
+        ref = weakref.ref(self)
+        stop = self._stop
+        url = self.url
+
+        def loop() -> None:
+            conn: psycopg.Connection | None = None
+            while not stop.is_set():
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(url, autocommit=True)
+                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    for _ in conn.notifies(timeout=interval, stop_after=1):
+                        pass
+                except psycopg.Error:
+                    if conn is not None:
+                        with suppress(psycopg.Error):
+                            conn.close()
+                    conn = None
+                    stop.wait(interval)
+                store = ref()
+                if store is None:
+                    break
+                try:
+                    store.maintain()
+                except Exception:  # the thread must outlive any one bad round
+                    log.exception("storage maintenance failed")
+                del store
+            if conn is not None:
+                with suppress(psycopg.Error):
+                    conn.close()
+
+        self._worker = threading.Thread(target=loop, name="library-storage", daemon=True)
+        self._worker.start()
+
+    def _note_problem(self, exc: BaseException) -> None:
+        self._problem = _reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
+
+    def health(self) -> dict[str, Any]:
+        problems = []
+        try:
+            with self._conn() as conn:
+                conn.execute("SELECT 1")
+                conn.rollback()
+            self._problem = None
+        except (StorageError, psycopg.Error) as exc:
+            self._note_problem(exc)
+        if self._problem:
+            problems.append({"file": "database", "problem": f"The database cannot be reached: {self._problem}"})
+        return {
+            "writable": not problems,
+            "problems": problems,
+            "seq": self._snap.seq,
+            "backend": "postgresql",
+            "schema_version": self.schema_version,
+        }
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=2)
+        if self._pool is not None and self._pool_pid == os.getpid():
+            with suppress(Exception):
+                if self._queue:
+                    self._commit_queue()
+                self._push_files_now()
+            self._pool.close()
+            self._pool = None
+
+    def _push_files_now(self) -> None:
+        with self._commit_mutex, self._conn() as conn:
+            self._lock_in(conn)
+            self._catch_up_in(conn)
+            self._push_files(conn)
+            conn.commit()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,161 @@
+"""Running on PostgreSQL: the settings, /healthz, moving a data directory into a database, backups
+of either store restoring into the other, and files shared between the processes of one database."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from library_api import create_app
+from tests.conftest import BOOK, TEST_SECRET, client_as
+from tests.postgres import fresh_database
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + (1).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00" + bytes(64)
+
+
+def pg_app(url: str, data_dir: Path, **config):
+    return create_app(
+        {"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET, "DATABASE_URL": url}
+        | config
+    )
+
+
+def json_app(data_dir: Path, **config):
+    return create_app(
+        {"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET, "DATABASE_URL": ""}
+        | config
+    )
+
+
+def fetch(client, url: str) -> bytes:
+    with client.get(url) as response:
+        return response.data
+
+
+def titles(app) -> list[str]:
+    return [b["title"] for b in app.test_client().get("/books").get_json()["books"]]
+
+
+def test_database_url_is_the_fallback_and_healthz_names_the_schema(tmp_path, monkeypatch):
+    url = fresh_database(str(tmp_path))
+    monkeypatch.delenv("LIBRARY_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL", url)
+    app = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "cache"), "SECRET_KEY": TEST_SECRET})
+    try:
+        body = app.test_client().get("/healthz").get_json()
+        assert body["backend"] == "postgresql" and body["schema_version"] >= 1 and body["status"] == "ok"
+        assert body["books"] > 0  # the sample catalogue filled the new database once
+        assert not (tmp_path / "cache" / "books.json").exists()
+    finally:
+        app.extensions["library_store"].close()
+    again = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "other"), "SECRET_KEY": TEST_SECRET})
+    try:  # a second server on the same database does not seed it again
+        assert again.test_client().get("/healthz").get_json()["books"] == body["books"]
+    finally:
+        again.extensions["library_store"].close()
+
+
+def test_without_a_database_the_files_as_before(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    app = json_app(tmp_path / "data")
+    assert app.test_client().get("/healthz").get_json()["backend"] == "json"
+    assert (tmp_path / "data" / "journal.jsonl").exists()
+
+
+def test_migrate_data_copies_everything_and_the_servers_go_on_from_there(tmp_path):
+    source = json_app(tmp_path / "data")
+    librarian = client_as(source, "librarian")
+    first = librarian.post("/books", json=BOOK).get_json()
+    gone = librarian.post("/books", json={**BOOK, "title": "Deleted", "isbn": None}).get_json()
+    librarian.delete(f"/books/{gone['id']}")
+    cover = librarian.post(f"/books/{first['id']}/cover", data={"file": (io.BytesIO(PNG), "c.png")})
+    assert cover.status_code in (200, 201), cover.get_data(as_text=True)
+    cover_url = librarian.get(f"/books/{first['id']}").get_json()["cover_url"]
+    seq = source.extensions["library_store"].snapshot().seq
+    url = fresh_database(str(tmp_path / "db"))
+
+    result = source.test_cli_runner().invoke(args=["migrate-data", "--to", url])
+    assert result.exit_code == 0, result.output
+    assert "counts verified" in result.output and "2 members" not in result.output
+
+    app = pg_app(url, tmp_path / "cache")
+    try:
+        client = app.test_client()
+        assert titles(app) == [BOOK["title"]]
+        assert client.get("/healthz").get_json()["seq"] == seq
+        assert fetch(client, cover_url) == PNG  # the upload came along
+        new = client_as(app, "librarian").post("/books", json={**BOOK, "title": "After", "isbn": None}).get_json()
+        assert new["id"] > gone["id"]  # ids are never given twice, across the move too
+    finally:
+        app.extensions["library_store"].close()
+    again = source.test_cli_runner().invoke(args=["migrate-data", "--to", url])
+    assert again.exit_code != 0 and "already holds a library" in again.output
+
+
+def test_a_backup_of_the_database_restores_into_a_data_directory(tmp_path):
+    url = fresh_database(str(tmp_path))
+    app = pg_app(url, tmp_path / "cache")
+    try:
+        client_as(app, "librarian").post("/books", json=BOOK)
+        archive = tmp_path / "b.tar.gz"
+        result = app.test_cli_runner().invoke(args=["backup", str(archive)])
+        assert result.exit_code == 0, result.output
+    finally:
+        app.extensions["library_store"].close()
+    with tarfile.open(archive) as tar:
+        assert "books.json" in tar.getnames()
+    target = json_app(tmp_path / "restored")
+    restored = target.test_cli_runner().invoke(args=["restore", str(archive)])
+    assert restored.exit_code == 0, restored.output
+    assert titles(json_app(tmp_path / "restored")) == [BOOK["title"]]
+
+
+def test_two_apps_on_one_database_see_each_others_writes_and_files(tmp_path):
+    url = fresh_database(str(tmp_path))
+    one, two = pg_app(url, tmp_path / "one"), pg_app(url, tmp_path / "two")
+    try:
+        librarian = client_as(one, "librarian")
+        book = librarian.post("/books", json=BOOK).get_json()
+        assert titles(two) == [BOOK["title"]]
+        etag = two.test_client().get(f"/books/{book['id']}").headers["ETag"]
+        librarian.post(f"/books/{book['id']}/cover", data={"file": (io.BytesIO(PNG), "c.png")})
+        cover_url = two.test_client().get(f"/books/{book['id']}").get_json()["cover_url"]
+        assert fetch(two.test_client(), cover_url) == PNG
+        stale = client_as(two, "librarian").put(f"/books/{book['id']}", json=BOOK, headers={"If-Match": etag})
+        assert stale.status_code == 412  # If-Match checked against the other server's commit
+    finally:
+        one.extensions["library_store"].close()
+        two.extensions["library_store"].close()
+
+
+def test_a_database_newer_than_the_code_is_refused(tmp_path):
+    url = fresh_database(str(tmp_path))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE library_schema SET version = 999")
+    with pytest.raises(Exception, match="newer than this server"):
+        pg_app(url, tmp_path / "cache")
+
+
+def test_a_write_that_timed_out_waiting_for_the_lock_ran_nothing_and_fails_no_commit(tmp_path):
+    """Callers that keep indexes in step with commits rebuild them after a failed commit; a write
+    that never got the lock ran no updater, so it must not send every index into a rebuild (under
+    the lock, holding up every other server)."""
+    from storage import LockTimeoutError
+    from storage.postgres import PgStore
+
+    url = fresh_database(str(tmp_path))
+    holder, waiter = PgStore(url, ("books",)), PgStore(url, ("books",), lock_timeout=0.2)
+    try:
+        ran = []
+        with holder.exclusive(), pytest.raises(LockTimeoutError):
+            waiter.update(lambda txn: ran.append(txn.insert("books", {"title": "t"})))
+        assert ran == [] and waiter.failed_commits == 0
+        waiter.update(lambda txn: txn.insert("books", {"title": "t"}))
+        assert holder.snapshot().count("books") == 1
+    finally:
+        holder.close()
+        waiter.close()
