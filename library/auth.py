@@ -195,7 +195,8 @@ def begin_attempt(txn: Txn, key: str, now: datetime) -> int | None:
             record = None
         txn.delete("logins", rid)
     if record is not None and record.get("locked_until") and record["locked_until"] > now_stamp:
-        raise LockedOut(math.ceil((_moment(record["locked_until"]) - now).total_seconds()))
+        until = _moment(record["locked_until"])
+        raise LockedOut(math.ceil((until - now).total_seconds()), until)
     window_start = _stamp(now - LOCKOUT)
     failures = [f for f in (record or {}).get("failures", []) if f > window_start]
     failures.append(now_stamp)

@@ -200,6 +200,15 @@ class ProblemSchema(Schema):
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
 
 
+class LibrarySchema(Schema):
+    """What a page needs to know of the library before anyone signs in."""
+
+    name = fields.String(metadata={"description": "LIBRARY_NAME"})
+    registration = fields.String(
+        metadata={"enum": ["open", "closed"], "description": "closed: POST /auth/register answers 403"}
+    )
+
+
 class HealthProblemSchema(Schema):
     file = fields.String()
     problem = fields.String()

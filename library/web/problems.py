@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
+from flask_limiter.errors import RateLimitExceeded
 from marshmallow import ValidationError
 from werkzeug.exceptions import (
     HTTPException,
@@ -19,6 +20,7 @@ from library.context import (
     MAX_JSON_BYTES,
 )
 from library.errors import DomainError
+from library.web.limits import retry_at
 from storage import (
     CommitUnknownError,
     ConflictError,
@@ -82,6 +84,18 @@ def retry_later(exc: ServiceUnavailable) -> Response:
     return problem(503, exc.description or "Try again later", headers=[("Retry-After", "5")])
 
 
+def too_many_requests(exc: RateLimitExceeded) -> Response:
+    """A client over its sign-in or registration limit: when it may come back, in ``detail`` and
+    ``Retry-After``."""
+    seconds, moment = retry_at(current_app.extensions["library_limiter"])
+    return problem(
+        429,
+        f"Too many attempts from your address (at most {exc.limit.limit}); "
+        f"try again after {moment:%H:%M:%S} UTC",
+        headers=[("Retry-After", str(seconds))],
+    )
+
+
 def handle_validation_error(exc: ValidationError) -> Response:
     messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
     fields = ", ".join(sorted(messages))
@@ -114,6 +128,7 @@ def handle_unexpected_error(exc: Exception) -> Response:
 def register_errors(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(ServiceUnavailable, retry_later)
+    app.register_error_handler(RateLimitExceeded, too_many_requests)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(StorageError, handle_storage_error)
     app.register_error_handler(DomainError, handle_domain_error)
