@@ -47,7 +47,14 @@ from library.readmodel import CatalogueView
 from library.records import COLLECTIONS
 from library.web import register_blueprints
 from library.web.books import file_name
-from library.web.http import IdConverter, LibraryRequest, OrjsonProvider, drop_spools, safe_headers
+from library.web.http import (
+    CloseUnreadBodies,
+    IdConverter,
+    LibraryRequest,
+    OrjsonProvider,
+    drop_spools,
+    safe_headers,
+)
 from library.web.limits import init_limits
 from library.web.live import release_live_slot, reserve_live_slot, sock
 from library.web.problems import register_errors
@@ -277,6 +284,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         max_bytes=int(float(app.config["READ_CACHE_MB"]) * 1024 * 1024),
         direct=lambda path: readmodel.answer_book(library_store, path),
     )
+    app.wsgi_app = CloseUnreadBodies(app.wsgi_app)  # type: ignore[method-assign]  # outermost: gets gunicorn's start_response
     app.cli.add_command(load_books_command)
     app.cli.add_command(remove_sample_command)
     app.cli.add_command(create_admin_command)

@@ -17,6 +17,8 @@ from library.members import ROLES
 from library.members import SORT_FIELDS as MEMBER_SORT_FIELDS
 
 TEXT_MAX = 500
+Q_MAX = 10_000
+"""The longest search: far beyond any real one, short enough that matching it costs little."""
 PAGE_RANGE = validate.Range(min=1, max=2**31 - 1, error="Must be between 1 and {max}.")
 
 
@@ -151,7 +153,10 @@ class BookQuerySchema(PagedQuerySchema):
     publisher = fields.String()
     publication_year = fields.Integer()
     status = fields.String(validate=validate.OneOf(STATUSES, error="Must be one of: {choices}."))
-    q = fields.String(metadata={"description": "Words that must all appear in the title, author or ISBN."})
+    q = fields.String(
+        validate=validate.Length(max=Q_MAX, error="Must be at most {max} characters."),
+        metadata={"description": "Words that must all appear in the title, author or ISBN."},
+    )
 
     @pre_load
     def fold_status(self, data: Any, **kwargs: Any) -> Any:
