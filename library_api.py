@@ -57,7 +57,7 @@ from library.web.http import (
 )
 from library.web.limits import init_limits
 from library.web.live import release_live_slot, reserve_live_slot, sock
-from library.web.problems import register_errors
+from library.web.problems import DataDirectoryGuard, register_errors
 from storage import (
     JsonStore,
 )
@@ -284,6 +284,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         max_bytes=int(float(app.config["READ_CACHE_MB"]) * 1024 * 1024),
         direct=lambda path: readmodel.answer_book(library_store, path),
     )
+    app.wsgi_app = DataDirectoryGuard(app.wsgi_app, Path(library_store.directory))  # type: ignore[method-assign]
     app.wsgi_app = CloseUnreadBodies(app.wsgi_app)  # type: ignore[method-assign]  # outermost: gets gunicorn's start_response
     app.cli.add_command(load_books_command)
     app.cli.add_command(remove_sample_command)
