@@ -13,6 +13,7 @@ import hmac
 import math
 import os
 import secrets
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -168,7 +169,7 @@ def read_token(secret: bytes, token: str, max_ttl: int | None = None) -> Claims:
 def email_key(secret: bytes, email: str) -> str:
     """What the lockout knows of an email: a keyed digest, so ``logins.json`` does not keep the
     addresses (or the passwords people type into the email box by mistake)."""
-    folded = email.strip().lower().encode()
+    folded = unicodedata.normalize("NFC", email).strip().lower().encode()
     return hmac.new(secret, b"login:" + folded, hashlib.sha256).hexdigest()[:32]
 
 

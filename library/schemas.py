@@ -6,8 +6,12 @@ store's lock, where the check and the write cannot be separated.
 
 from __future__ import annotations
 
+import gzip
+import unicodedata
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates
@@ -22,11 +26,42 @@ Q_MAX = 10_000
 PAGE_RANGE = validate.Range(min=1, max=2**31 - 1, error="Must be between 1 and {max}.")
 
 
+JOINERS = frozenset("\u200c\u200d")
+"""Zero-width (non-)joiners: invisible, but Persian, Hindi or an emoji sequence need them between
+characters, so they are let through there."""
+HIDDEN = frozenset(("Cc", "Cf", "Cs", "Cn", "Zl", "Zp"))
+"""Control characters (NUL, newlines, tabs), format characters (zero-width spaces, bidi overrides,
+soft hyphens, byte-order marks), surrogates, unassigned code points and line separators: nothing a
+one-line text such as a title, a name or an email needs, and the stuff of look-alikes."""
+
+
+def hidden_characters(text: str) -> list[str]:
+    """The invisible or control characters of ``text``, as ``U+XXXX`` (each once)."""
+    found = {f"U+{ord(c):04X}" for c in text if c not in JOINERS and unicodedata.category(c) in HIDDEN}
+    return sorted(found)
+
+
+def check_visible(text: str) -> str:
+    """``text`` in NFC (so that the same name typed on two systems is the same), trimmed (spaces,
+    tabs and newlines around it).
+
+    :raises ValidationError: when it holds control or invisible characters, or joiners alone.
+    """
+    text = unicodedata.normalize("NFC", text).strip()  # a newline or tab around it is trimmed, not refused
+    hidden = hidden_characters(text)
+    if hidden:
+        raise ValidationError(f"Must not contain control or invisible characters ({', '.join(hidden[:5])}).")
+    if text and not text.strip("".join(JOINERS) + " "):
+        raise ValidationError("Must contain visible characters.")
+    return text
+
+
 class Text(fields.String):
-    """A string, trimmed; an optional one that is empty after trimming is stored as null."""
+    """A one-line string in NFC, trimmed, without control or invisible characters; an optional
+    one that is empty after trimming is stored as null."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | None:
-        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        text = check_visible(super()._deserialize(value, attr, data, **kwargs))
         if not text and not self.required:
             return None
         return text
@@ -233,12 +268,39 @@ PASSWORD_MIN, PASSWORD_MAX = 8, 1000
 
 
 class Email(fields.Email):
-    """An email address, trimmed."""
+    """An email address in NFC, trimmed, without invisible characters (``kate@example.org`` and
+    the same followed by a zero-width space would be two members who look alike)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         if isinstance(value, str):
-            value = value.strip()
+            value = check_visible(value)
+            if any(c.isspace() for c in value):
+                raise ValidationError("Must not contain spaces.")
         return super()._deserialize(value, attr, data, **kwargs)
+
+
+COMMON_PASSWORDS = Path(__file__).resolve().parent / "data" / "common-passwords.txt.gz"
+
+
+@cache
+def common_passwords() -> frozenset[str]:
+    """Openwall's list of the most common passwords (``password.lst``, public domain), lower-cased."""
+    with gzip.open(COMMON_PASSWORDS, "rt", encoding="utf-8") as lines:
+        return frozenset(line.rstrip("\n").lower() for line in lines if not line.startswith("#!comment"))
+
+
+def check_password(password: str) -> None:
+    """Refuse a password that is only spaces, or one of the most common ones (the first tried by
+    anyone guessing; NIST SP 800-63B asks for this check rather than rules about character kinds).
+
+    :raises ValidationError: saying which.
+    """
+    if not password.strip():
+        raise ValidationError("Must not be only spaces.")
+    if password.lower() in common_passwords() or password.strip().lower() in common_passwords():
+        raise ValidationError(
+            "Is one of the most common passwords, the first that anyone guessing tries; choose another."
+        )
 
 
 class StrictSchema(Schema):
@@ -283,12 +345,23 @@ class RegisterSchema(EnrolSchema):
     password = fields.String(
         required=True,
         load_only=True,
-        validate=validate.Length(min=PASSWORD_MIN, max=PASSWORD_MAX, error="Must be {min} to {max} characters."),
+        validate=[
+            validate.Length(min=PASSWORD_MIN, max=PASSWORD_MAX, error="Must be {min} to {max} characters."),
+            check_password,
+        ],
     )
 
 
 class LoginSchema(StrictSchema):
     email = fields.String(required=True, validate=validate.Length(max=1000))
+
+    @pre_load
+    def normalise_email(self, data: Any, **kwargs: Any) -> Any:
+        """The same NFC form as registration stored (typed on another system, it may differ)."""
+        if isinstance(data, dict) and isinstance(data.get("email"), str):
+            data = {**data, "email": unicodedata.normalize("NFC", data["email"])}
+        return data
+
     password = fields.String(required=True, load_only=True, validate=validate.Length(max=PASSWORD_MAX))
 
 

@@ -3,10 +3,13 @@ a data directory that disappears, concurrent guesses at one password."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import shutil
 import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -174,3 +177,51 @@ def test_a_deleted_data_directory_is_not_made_again_from_memory(tmp_path):
             assert status == 503 and headers["Content-Type"] == "application/problem+json"
         time.sleep(1)  # several rounds of each worker's background upkeep (every 0.25 s)
         assert not data.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB filesystem of its own (tmpfs), so that it can really be filled."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_answers_507_and_logs_once(small_disk, caplog):
+    from library_api import create_app
+    from tests.conftest import TEST_SECRET, client_as
+
+    app = create_app(
+        {"TESTING": True, "DATA_DIR": str(small_disk / "data"), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET}
+    )
+    librarian = client_as(app, "librarian")
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"\0" * 512)
+    os.close(fd)
+    answers = []
+    for i in range(40):
+        response = librarian.post("/books", json={"title": f"Book {i} " + "x" * 400, "author": "A. Writer"})
+        answers.append(response.status_code)
+        if response.status_code != 201:
+            break
+    assert answers[-1] == 507, answers
+    assert response.mimetype == "application/problem+json"
+    assert "disk is full" in response.get_json()["detail"]
+    for _ in range(5):
+        assert librarian.post("/books", json={"title": "Another " + "y" * 400, "author": "B"}).status_code == 507
+    assert [r.message for r in caplog.records].count(
+        "The disk of the data directory is full: writes answer 507 until there is room"
+    ) == 1
+    assert "Traceback" not in caplog.text
+    (small_disk / "filler").unlink()
+    assert librarian.post("/books", json={"title": "Room again", "author": "B"}).status_code == 201

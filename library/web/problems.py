@@ -94,8 +94,7 @@ def too_many_requests(exc: RateLimitExceeded) -> Response:
     seconds, moment = retry_at(current_app.extensions["library_limiter"])
     return problem(
         429,
-        f"Too many attempts from your address (at most {exc.limit.limit}); "
-        f"try again after {moment:%H:%M:%S} UTC",
+        f"Too many attempts from your address (at most {exc.limit.limit}); try again after {moment:%H:%M:%S} UTC",
         headers=[("Retry-After", str(seconds))],
     )
 
