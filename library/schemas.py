@@ -35,24 +35,31 @@ soft hyphens, byte-order marks), surrogates, unassigned code points and line sep
 one-line text such as a title, a name or an email needs, and the stuff of look-alikes."""
 
 
-def hidden_characters(text: str) -> list[str]:
-    """The invisible or control characters of ``text``, as ``U+XXXX`` (each once)."""
-    found = {f"U+{ord(c):04X}" for c in text if c not in JOINERS and unicodedata.category(c) in HIDDEN}
+def hidden_characters(text: str, joiners: bool = True) -> list[str]:
+    """The invisible or control characters of ``text``, as ``U+XXXX`` (each once). A joiner counts
+    unless ``joiners`` allows it and it stands between two visible characters."""
+    found = set()
+    for i, c in enumerate(text):
+        if c in JOINERS:
+            inside = 0 < i < len(text) - 1 and not text[i - 1].isspace() and not text[i + 1].isspace()
+            if joiners and inside and text[i - 1] not in JOINERS and text[i + 1] not in JOINERS:
+                continue
+            found.add(f"U+{ord(c):04X}")
+        elif unicodedata.category(c) in HIDDEN:
+            found.add(f"U+{ord(c):04X}")
     return sorted(found)
 
 
-def check_visible(text: str) -> str:
+def check_visible(text: str, joiners: bool = True) -> str:
     """``text`` in NFC (so that the same name typed on two systems is the same), trimmed (spaces,
     tabs and newlines around it).
 
     :raises ValidationError: when it holds control or invisible characters, or joiners alone.
     """
     text = unicodedata.normalize("NFC", text).strip()  # a newline or tab around it is trimmed, not refused
-    hidden = hidden_characters(text)
+    hidden = hidden_characters(text, joiners)
     if hidden:
         raise ValidationError(f"Must not contain control or invisible characters ({', '.join(hidden[:5])}).")
-    if text and not text.strip("".join(JOINERS) + " "):
-        raise ValidationError("Must contain visible characters.")
     return text
 
 
@@ -273,7 +280,7 @@ class Email(fields.Email):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         if isinstance(value, str):
-            value = check_visible(value)
+            value = check_visible(value, joiners=False)  # no script of an address needs them
             if any(c.isspace() for c in value):
                 raise ValidationError("Must not contain spaces.")
         return super()._deserialize(value, attr, data, **kwargs)

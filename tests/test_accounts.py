@@ -142,6 +142,8 @@ def test_without_a_trusted_proxy_a_forwarded_address_is_not_believed(data_dir):
     [
         "kate@example.com\u200b",  # zero-width space: a look-alike of kate@example.com
         "ka\u200dte@example.com",
+        "ka\u200cte@example.com",  # joiners: no script of an address needs them
+        "kate@exa\u200dmple.com",
         "kate@exam\u202eple.com",  # a bidi override
         "kate\x00@example.com",
         "ka te@example.com",
@@ -172,6 +174,8 @@ def test_names_are_kept_in_nfc(anon):
     [
         "\u200b\u200b",  # only invisible characters
         "\u200d",
+        "Dune\u200d",  # a joiner at the end joins nothing
+        "Du\u200c ne",
         "\u2066\u2069",
         "Dune\x00",
         "Dune \u202egnp.exe",

@@ -129,6 +129,23 @@ def test_a_413_that_did_not_read_the_body_closes_the_connection(tmp_path):
         conn.close()
 
 
+def test_a_refusal_before_a_large_body_was_read_closes_the_connection(tmp_path):
+    data = tmp_path / "data"
+    with gunicorn_server(data, workers=1) as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.putrequest("POST", "/books")  # no token: 401 before the body is read
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(50 * 1024 * 1024))
+        conn.endheaders()
+        conn.send(b"{" * 1000)
+        response = conn.getresponse()
+        assert response.status == 401
+        assert response.getheader("Connection", "").lower() == "close"
+        conn.close()
+        status, headers, _ = request(port, "POST", "/books", b"{}", {"Content-Type": "application/json"})
+        assert status == 401 and headers.get("Connection", "").lower() == "keep-alive"  # a small body is read past
+
+
 def test_a_long_query_reaches_the_app(tmp_path):
     data = tmp_path / "data"
     with gunicorn_server(data, workers=1) as port:

@@ -223,15 +223,26 @@ class LibraryRequest(Request):
 
 
 def safe_headers(response: Response) -> Response:
-    """On every answer: no type sniffing, and no framing by another site (clickjacking). A 413
-    closes the connection (its body was not read)."""
-    if response.status_code == 413:
+    """On every answer: no type sniffing, and no framing by another site (clickjacking). A 413,
+    or a refusal of a request whose body may be large (a 401 before a 50 MB upload was read),
+    closes the connection."""
+    if response.status_code == 413 or (response.status_code >= 400 and unread_body_may_be_large()):
         request.environ[CLOSE_CONNECTION] = True
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
     if response.mimetype == "text/html" and "Content-Security-Policy" not in response.headers:
         response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
     return response
+
+
+DRAIN_LIMIT = 64 * 1024
+"""A refused request's body up to this size is left for gunicorn to read past (cheap, and the
+connection is kept); beyond it, or of unknown size, the connection is closed instead."""
+
+
+def unread_body_may_be_large() -> bool:
+    length = request.content_length
+    return (length or 0) > DRAIN_LIMIT or (length is None and "chunked" in request.headers.get("Transfer-Encoding", ""))
 
 
 def drop_spools(exc: BaseException | None) -> None:

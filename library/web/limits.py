@@ -9,7 +9,8 @@ to N times the limit; a shared storage (``redis://...``) makes it one count.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import math
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Flask
@@ -39,11 +40,12 @@ def init_limits(app: Flask) -> Limiter:
     return limiter
 
 
-def retry_at(limiter: Limiter) -> tuple[int, datetime]:
-    """Seconds until the breached limit lets the client in again, and that moment (UTC)."""
+def retry_at(limiter: Limiter, window: int) -> tuple[int, datetime]:
+    """Seconds until the breached limit lets the client in again (at most its ``window``), and
+    that moment (UTC)."""
     current: Any = limiter.current_limit
-    reset = datetime.fromtimestamp(current.reset_at, UTC) if current is not None else None
     moment = datetime.now(UTC)
-    if reset is None or reset <= moment:
-        return 1, moment
-    return max(1, int((reset - moment).total_seconds() + 0.999)), reset
+    if current is None:
+        return window, moment + timedelta(seconds=window)
+    seconds = min(window, max(1, math.ceil(current.reset_at - moment.timestamp())))
+    return seconds, moment + timedelta(seconds=seconds)

@@ -91,7 +91,7 @@ def retry_later(exc: ServiceUnavailable) -> Response:
 def too_many_requests(exc: RateLimitExceeded) -> Response:
     """A client over its sign-in or registration limit: when it may come back, in ``detail`` and
     ``Retry-After``."""
-    seconds, moment = retry_at(current_app.extensions["library_limiter"])
+    seconds, moment = retry_at(current_app.extensions["library_limiter"], exc.limit.limit.get_expiry())
     return problem(
         429,
         f"Too many attempts from your address (at most {exc.limit.limit}); try again after {moment:%H:%M:%S} UTC",
