@@ -138,8 +138,7 @@ SETTINGS = (
     Setting(
         "PROXY_COUNT",
         0,
-        "Proxies in front of gunicorn (a PaaS router, nginx) whose X-Forwarded-For names the client; "
-        "0 trusts none.",
+        "Proxies in front of gunicorn (a PaaS router, nginx) whose X-Forwarded-For names the client; 0 trusts none.",
     ),
     Setting(
         "WARN_EPHEMERAL_DISK",

@@ -286,7 +286,7 @@ class Email(fields.Email):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
-COMMON_PASSWORDS = Path(__file__).resolve().parent / "data" / "common-passwords.txt.gz"
+COMMON_PASSWORDS = Path(__file__).resolve().parent / "common-passwords.txt.gz"
 
 
 @cache
