@@ -173,6 +173,7 @@ def test_a_missing_data_directory_answers_503_problems_on_every_route_and_logs_o
                 assert status == 503, (path, body[:300])
                 assert headers["Content-Type"] == "application/problem+json", (path, body[:200])
                 assert "data directory is missing" in json.loads(body)["detail"]
+                assert headers["X-Content-Type-Options"] == "nosniff"
         status, _, _ = request(port, "POST", "/books", book, librarian[port])
         assert status == 503
         assert not data.exists()  # nothing was written onto the disk below

@@ -195,6 +195,7 @@ class DataDirectoryGuard:
             headers=[("Retry-After", "30")],
         )
         answer.headers["X-Content-Type-Options"] = "nosniff"
+        answer.headers["X-Frame-Options"] = "DENY"
         return answer(environ, start_response)
 
 
