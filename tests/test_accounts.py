@@ -309,3 +309,17 @@ def test_create_admin_does_not_ask_names_of_a_member_it_promotes(app):
     result = app.test_cli_runner().invoke(args=["create-admin", "ada@example.org", "--password", PASSWORD])
     assert result.exit_code == 0, result.output
     assert "First name" not in result.output
+
+
+def test_lockout_records_exactly_fifteen_minutes_old_are_dropped(anon, data_dir, clock):
+    import orjson
+
+    def kept() -> int:
+        anon.application.extensions["library_store"].maintain(force=True)
+        return len(orjson.loads((data_dir / "logins.json").read_bytes())["logins"])
+
+    for i in range(3):
+        assert_problem(login(anon, f"user{i}@example.org"), 401)
+    clock.advance(minutes=15)  # their time is over exactly now
+    login(anon, "later@example.org")
+    assert kept() == 1
