@@ -114,6 +114,25 @@ def test_a_chunked_json_body_over_the_limit_is_413_not_truncated(tmp_path):
         assert json.loads(body)["total"] == 0
 
 
+def test_a_chunked_json_body_under_the_limit_is_taken_whole(tmp_path):
+    data = tmp_path / "data"
+    with gunicorn_server(data, workers=1) as port:
+        from tests.servers import librarian
+
+        book = json.dumps({"title": "Chunked", "author": "A. Writer", "genre": "g" * 400}).encode()
+        chunks = b"".join(
+            b"%x\r\n%s\r\n" % (len(book[i : i + 100]), book[i : i + 100]) for i in range(0, len(book), 100)
+        )
+        head = (
+            b"POST /books HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Authorization: " + librarian[port]["Authorization"].encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        answer = raw(port, head + chunks + b"0\r\n\r\n")
+        assert b" 201 " in answer.partition(b"\r\n")[0], answer[:500]
+        created = json.loads(answer.partition(b"\r\n\r\n")[2])
+        assert created["title"] == "Chunked" and created["genre"] == "g" * 400
+
+
 def test_a_413_that_did_not_read_the_body_closes_the_connection(tmp_path):
     data = tmp_path / "data"
     with gunicorn_server(data, workers=1) as port:
