@@ -25,6 +25,17 @@ threads = int(os.environ.get("GUNICORN_THREADS", "240"))
 timeout = 30
 graceful_timeout = 10
 keepalive = 5
+# Any URL a browser sends reaches the app, which answers it in JSON (a long search included):
+# gunicorn's default (4094 bytes) answered a 5,000-character ?q= with its own HTML 414 page. 0 is
+# gunicorn's largest request line (1 MiB); the app refuses what it cannot use with a 422 problem.
+limit_request_line = 0
+# Browsers send some 20 headers; a Referer (capped at 4 KiB by browsers) or a token fits in 16 KiB.
+limit_request_fields = 100
+limit_request_field_size = 16384
+# Slow clients: a thread reads a request's body as it arrives, so a few dozen clients trickling
+# bytes hold every thread. gunicorn cannot buffer bodies: put a proxy that does in front (a PaaS
+# router, or nginx with its default proxy_request_buffering on; see the README, Deploying). What
+# it can do here is drop idle keep-alive connections after 5 s (keepalive above).
 # Each worker opens the data directory itself (no preload): start-up recovery runs under the lock.
 preload_app = False
 # No runtime control socket: nothing uses it, and two servers on one machine would share its path.

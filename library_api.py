@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Flask
 from flask_cors import CORS
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from library import (
     auth,
@@ -47,9 +48,17 @@ from library.readmodel import CatalogueView
 from library.records import COLLECTIONS
 from library.web import register_blueprints
 from library.web.books import file_name
-from library.web.http import IdConverter, LibraryRequest, OrjsonProvider, drop_spools, safe_headers
+from library.web.http import (
+    CloseUnreadBodies,
+    IdConverter,
+    LibraryRequest,
+    OrjsonProvider,
+    drop_spools,
+    safe_headers,
+)
+from library.web.limits import init_limits
 from library.web.live import release_live_slot, reserve_live_slot, sock
-from library.web.problems import register_errors
+from library.web.problems import DataDirectoryGuard, register_errors
 from storage import (
     JsonStore,
     Store,
@@ -117,6 +126,33 @@ SETTINGS = (
     Setting("MAX_FINES_DUE", "10.00", "A member who owes more than this cannot borrow until they pay."),
     Setting("HOLD_DAYS", 3, "Days a returned book is kept for the first member waiting for it."),
     Setting("MAX_UPLOAD_MB", 10, "The largest cover, document or imported book file accepted, in MB (413 beyond it)."),
+    Setting("NAME", "Library", "The library's name, as GET /library and the page show it."),
+    Setting(
+        "REGISTRATION",
+        "open",
+        "open: anyone may register (POST /auth/register); closed: only librarians enrol members "
+        "(and create-admin makes admins).",
+    ),
+    Setting(
+        "SIGNIN_RATE_LIMIT",
+        "30 per minute;300 per hour",
+        'Sign-ins one client address may try (429 beyond), per worker; "" turns it off.',
+    ),
+    Setting(
+        "REGISTER_RATE_LIMIT",
+        "20 per hour",
+        'Registrations one client address may try (429 beyond), per worker; "" turns it off.',
+    ),
+    Setting(
+        "RATELIMIT_STORAGE_URI",
+        "memory://",
+        "Where the rate limits count: memory:// (each worker its own), or e.g. redis://host:6379 shared by all.",
+    ),
+    Setting(
+        "PROXY_COUNT",
+        0,
+        "Proxies in front of gunicorn (a PaaS router, nginx) whose X-Forwarded-For names the client; 0 trusts none.",
+    ),
     Setting(
         "WARN_EPHEMERAL_DISK",
         True,
@@ -230,6 +266,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     books = app.extensions["library_store"].snapshot().records("books").values()
     referenced = {file_name(b.get(f)) for b in books for f in ("cover_url", "document_url") if b.get(f)}
     uploads.clean(Path(app.extensions["library_store"].directory), referenced)
+    if str(app.config["REGISTRATION"]).strip().lower() not in ("open", "closed"):
+        raise ValueError(f"LIBRARY_REGISTRATION must be open or closed, not {app.config['REGISTRATION']!r}")
+    app.config["REGISTRATION"] = str(app.config["REGISTRATION"]).strip().lower()
     if int(app.config["TOKEN_TTL"]) < 1:
         raise ValueError("LIBRARY_TOKEN_TTL must be at least 1 (seconds)")
     clock = app.config.get("CLOCK") or (lambda: datetime.now(UTC))
@@ -250,6 +289,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_errors(app)
     app.after_request(safe_headers)
     register_blueprints(app)
+    init_limits(app)
     library_store = app.extensions["library_store"]
     app.extensions["library_feed"] = live.Feed(library_store, int(app.config["WS_MAX_CONNECTIONS"]))
     app.config["SOCK_SERVER_OPTIONS"] = {
@@ -269,6 +309,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             allow_headers=["Content-Type", "If-Match", "If-None-Match", "Authorization"],
             max_age=600,
         )
+    if int(app.config["PROXY_COUNT"]) > 0:  # the client's address (for the rate limits) from the proxies' header
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(app.config["PROXY_COUNT"]))  # type: ignore[method-assign]
     app.wsgi_app = readcache.ReadCache(  # type: ignore[method-assign]
         app.wsgi_app,
         lambda: CatalogueView.of(library_store.snapshot(), library_store).version,
@@ -276,6 +318,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         max_bytes=int(float(app.config["READ_CACHE_MB"]) * 1024 * 1024),
         direct=lambda path: readmodel.answer_book(library_store, path),
     )
+    app.wsgi_app = DataDirectoryGuard(app.wsgi_app, Path(library_store.directory))  # type: ignore[method-assign]
+    app.wsgi_app = CloseUnreadBodies(app.wsgi_app)  # type: ignore[method-assign]  # outermost: gets gunicorn's start_response
     app.cli.add_command(load_books_command)
     app.cli.add_command(remove_sample_command)
     app.cli.add_command(create_admin_command)

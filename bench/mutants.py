@@ -18,6 +18,11 @@ Run from the project's root with its virtualenv::
     .venv/bin/python bench/mutants.py --seed 1 --count 60 --slow     # also tests/test_files.py
     .venv/bin/python bench/mutants.py --list                          # every site, not run
     .venv/bin/python bench/mutants.py --id jsonfile.py:412:5:cmp      # one mutant (ids as printed)
+
+Another package and its tests (the sites of the files named, the tests given)::
+
+    .venv/bin/python bench/mutants.py --package library --files members.py,schemas.py \
+        --tests tests/test_accounts.py,tests/test_members.py --seed 1 --count 40
 """
 
 from __future__ import annotations
@@ -293,10 +298,11 @@ def sites(file: Path) -> list[Mutant]:
     return found
 
 
-def all_sites() -> list[Mutant]:
+def all_sites(files: set[str] | None = None) -> list[Mutant]:
     result = []
     for file in sorted((ROOT / PACKAGE).glob("*.py")):
-        result.extend(sites(file))
+        if files is None or file.name in files:
+            result.extend(sites(file))
     return result
 
 
@@ -348,6 +354,7 @@ def run_tests(workdir: Path, tests: list[str], timeout: float) -> tuple[str, flo
 
 
 def main() -> int:
+    global PACKAGE, TESTS  # noqa: PLW0603 - the script's one target, set once from the command line
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=1, help="the sample's random seed (default 1)")
     parser.add_argument("--count", type=int, default=60, help="how many mutants to draw (default 60)")
@@ -356,9 +363,15 @@ def main() -> int:
     parser.add_argument("--slow", action="store_true", help="also run tests/test_files.py")
     parser.add_argument("--list", action="store_true", help="print every site and exit")
     parser.add_argument("--id", action="append", default=[], help="run only this mutant (repeatable)")
+    parser.add_argument("--package", default=PACKAGE, help=f"the folder whose files are mutated (default {PACKAGE})")
+    parser.add_argument("--files", default="", help="only these files of it, comma-separated (default: all)")
+    parser.add_argument("--tests", default="", help="the test files to run, comma-separated (default: the store's)")
     args = parser.parse_args()
+    PACKAGE = args.package
+    if args.tests:
+        TESTS = args.tests.split(",")
 
-    population = all_sites()
+    population = all_sites(set(args.files.split(",")) if args.files else None)
     if args.list:
         for m in population:
             print(f"{m.id}  {m.label}  | {original_line(m)}")

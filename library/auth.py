@@ -13,6 +13,7 @@ import hmac
 import math
 import os
 import secrets
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -168,7 +169,7 @@ def read_token(secret: bytes, token: str, max_ttl: int | None = None) -> Claims:
 def email_key(secret: bytes, email: str) -> str:
     """What the lockout knows of an email: a keyed digest, so ``logins.json`` does not keep the
     addresses (or the passwords people type into the email box by mistake)."""
-    folded = email.strip().lower().encode()
+    folded = unicodedata.normalize("NFC", email).strip().lower().encode()
     return hmac.new(secret, b"login:" + folded, hashlib.sha256).hexdigest()[:32]
 
 
@@ -195,7 +196,8 @@ def begin_attempt(txn: Txn, key: str, now: datetime) -> int | None:
             record = None
         txn.delete("logins", rid)
     if record is not None and record.get("locked_until") and record["locked_until"] > now_stamp:
-        raise LockedOut(math.ceil((_moment(record["locked_until"]) - now).total_seconds()))
+        until = _moment(record["locked_until"])
+        raise LockedOut(math.ceil((until - now).total_seconds()), until)
     window_start = _stamp(now - LOCKOUT)
     failures = [f for f in (record or {}).get("failures", []) if f > window_start]
     failures.append(now_stamp)

@@ -78,20 +78,42 @@ def load_books_command(path: Path, dry_run: bool, replace_sample: bool) -> None:
 @with_appcontext
 @click.argument("email")
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="Asked for when left out.")
-@click.option("--first-name", default=None, help="For a new admin; default: the email's local part.")
-@click.option("--last-name", default="Admin", show_default=True, help="For a new admin.")
-def create_admin_command(email: str, password: str, first_name: str | None, last_name: str) -> None:
+@click.option("--name", default=None, help='A new admin\'s name, "First Last"; asked for when left out.')
+@click.option("--first-name", default=None, help="Instead of --name.")
+@click.option("--last-name", default=None, help="Instead of --name.")
+def create_admin_command(
+    email: str, password: str, name: str | None, first_name: str | None, last_name: str | None
+) -> None:
     """Make EMAIL an admin who signs in with PASSWORD (a new member, or an existing one promoted)."""
     try:
         data = RegisterSchema(only=("email", "password")).load({"email": email, "password": password})
     except ValidationError as exc:
         raise click.ClickException(_reason(exc.messages)) from None
+    names: dict[str, str] = {}
+    if members.by_email(store().snapshot()).get(members.email_key(data["email"])) is None:
+        names = admin_names(name, first_name, last_name)
     password_hash = auth.hash_password(data["password"])
-    names = {"first_name": first_name or data["email"].split("@")[0], "last_name": last_name}
     moment = utc_stamp()
     member, created = store().update(lambda txn: members.make_admin(txn, data["email"], password_hash, moment, names))
     what = "created admin" if created else "made an admin (with the new password):"
-    click.echo(f"{what} {member['email']} (member {member['id']})")
+    click.echo(f"{what} {member['first_name']} {member['last_name']} <{member['email']}> (member {member['id']})")
+
+
+def admin_names(name: str | None, first_name: str | None, last_name: str | None) -> dict[str, str]:
+    """A new admin's first and last names: from ``--name`` (split at its last space), from
+    ``--first-name`` and ``--last-name``, or asked for; checked like a registration's."""
+    if name is not None:
+        first_name, _, last_name = name.strip().rpartition(" ")
+        if not first_name:
+            first_name, last_name = last_name, ""
+    if first_name is None:
+        first_name = click.prompt("First name")
+    if not last_name:
+        last_name = click.prompt("Last name")
+    try:
+        return RegisterSchema(only=("first_name", "last_name")).load({"first_name": first_name, "last_name": last_name})
+    except ValidationError as exc:
+        raise click.ClickException(_reason(exc.messages)) from None
 
 
 @click.command("overdue")

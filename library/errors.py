@@ -3,6 +3,8 @@ that says why, and :mod:`library.web.problems` turns any of them into a problem 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 
 class DomainError(Exception):
     """A request the rules refuse. ``status`` is its HTTP status; the message is the problem's
@@ -26,14 +28,16 @@ class PermissionDenied(DomainError):
 
 
 class LockedOut(DomainError):
-    """Too many failed sign-ins for one email; ``retry_after`` is in seconds."""
+    """Too many failed sign-ins for one email; ``retry_after`` is in seconds, ``until`` the moment
+    (UTC) the lockout ends."""
 
     status = 429
 
-    def __init__(self, retry_after: int) -> None:
-        minutes = max(1, -(-retry_after // 60))
+    def __init__(self, retry_after: int, until: datetime | None = None) -> None:
+        until = until or datetime.now(UTC) + timedelta(seconds=retry_after)
         super().__init__(
-            f"Too many failed sign-ins for this email; try again in {minutes} minute{'s' if minutes > 1 else ''}"
+            f"Too many failed sign-ins for this email; try again after {until:%H:%M:%S} UTC "
+            f"({until:%Y-%m-%d}), in {retry_after} seconds"
         )
         self.retry_after = retry_after
 

@@ -12,6 +12,7 @@ ends every token issued before.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,8 +34,8 @@ def at_least(member: Mapping[str, Any], role: str) -> bool:
 
 
 def email_key(email: str) -> str:
-    """Emails are unique case-insensitively."""
-    return email.strip().lower()
+    """Emails are unique case-insensitively, and in NFC (the form the schemas store)."""
+    return unicodedata.normalize("NFC", email).strip().lower()
 
 
 def by_email(snap: Snapshot) -> dict[str, int]:

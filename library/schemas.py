@@ -6,8 +6,12 @@ store's lock, where the check and the write cannot be separated.
 
 from __future__ import annotations
 
+import gzip
+import unicodedata
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates
@@ -17,14 +21,54 @@ from library.members import ROLES
 from library.members import SORT_FIELDS as MEMBER_SORT_FIELDS
 
 TEXT_MAX = 500
+Q_MAX = 10_000
+"""The longest search: far beyond any real one, short enough that matching it costs little."""
 PAGE_RANGE = validate.Range(min=1, max=2**31 - 1, error="Must be between 1 and {max}.")
 
 
+JOINERS = frozenset("\u200c\u200d")
+"""Zero-width (non-)joiners: invisible, but Persian, Hindi or an emoji sequence need them between
+characters, so they are let through there."""
+HIDDEN = frozenset(("Cc", "Cf", "Cs", "Cn", "Zl", "Zp"))
+"""Control characters (NUL, newlines, tabs), format characters (zero-width spaces, bidi overrides,
+soft hyphens, byte-order marks), surrogates, unassigned code points and line separators: nothing a
+one-line text such as a title, a name or an email needs, and the stuff of look-alikes."""
+
+
+def hidden_characters(text: str, joiners: bool = True) -> list[str]:
+    """The invisible or control characters of ``text``, as ``U+XXXX`` (each once). A joiner counts
+    unless ``joiners`` allows it and it stands between two visible characters."""
+    found = set()
+    for i, c in enumerate(text):
+        if c in JOINERS:
+            inside = 0 < i < len(text) - 1 and not text[i - 1].isspace() and not text[i + 1].isspace()
+            if joiners and inside and text[i - 1] not in JOINERS and text[i + 1] not in JOINERS:
+                continue
+            found.add(f"U+{ord(c):04X}")
+        elif unicodedata.category(c) in HIDDEN:
+            found.add(f"U+{ord(c):04X}")
+    return sorted(found)
+
+
+def check_visible(text: str, joiners: bool = True) -> str:
+    """``text`` in NFC (so that the same name typed on two systems is the same), trimmed (spaces,
+    tabs and newlines around it).
+
+    :raises ValidationError: when it holds control or invisible characters, or joiners alone.
+    """
+    text = unicodedata.normalize("NFC", text).strip()  # a newline or tab around it is trimmed, not refused
+    hidden = hidden_characters(text, joiners)
+    if hidden:
+        raise ValidationError(f"Must not contain control or invisible characters ({', '.join(hidden[:5])}).")
+    return text
+
+
 class Text(fields.String):
-    """A string, trimmed; an optional one that is empty after trimming is stored as null."""
+    """A one-line string in NFC, trimmed, without control or invisible characters; an optional
+    one that is empty after trimming is stored as null."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | None:
-        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        text = check_visible(super()._deserialize(value, attr, data, **kwargs))
         if not text and not self.required:
             return None
         return text
@@ -151,7 +195,10 @@ class BookQuerySchema(PagedQuerySchema):
     publisher = fields.String()
     publication_year = fields.Integer()
     status = fields.String(validate=validate.OneOf(STATUSES, error="Must be one of: {choices}."))
-    q = fields.String(metadata={"description": "Words that must all appear in the title, author or ISBN."})
+    q = fields.String(
+        validate=validate.Length(max=Q_MAX, error="Must be at most {max} characters."),
+        metadata={"description": "Words that must all appear in the title, author or ISBN."},
+    )
 
     @pre_load
     def fold_status(self, data: Any, **kwargs: Any) -> Any:
@@ -200,6 +247,15 @@ class ProblemSchema(Schema):
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
 
 
+class LibrarySchema(Schema):
+    """What a page needs to know of the library before anyone signs in."""
+
+    name = fields.String(metadata={"description": "LIBRARY_NAME"})
+    registration = fields.String(
+        metadata={"enum": ["open", "closed"], "description": "closed: POST /auth/register answers 403"}
+    )
+
+
 class HealthProblemSchema(Schema):
     file = fields.String()
     problem = fields.String()
@@ -221,12 +277,39 @@ PASSWORD_MIN, PASSWORD_MAX = 8, 1000
 
 
 class Email(fields.Email):
-    """An email address, trimmed."""
+    """An email address in NFC, trimmed, without invisible characters (``kate@example.org`` and
+    the same followed by a zero-width space would be two members who look alike)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         if isinstance(value, str):
-            value = value.strip()
+            value = check_visible(value, joiners=False)  # no script of an address needs them
+            if any(c.isspace() for c in value):
+                raise ValidationError("Must not contain spaces.")
         return super()._deserialize(value, attr, data, **kwargs)
+
+
+COMMON_PASSWORDS = Path(__file__).resolve().parent / "common-passwords.txt.gz"
+
+
+@cache
+def common_passwords() -> frozenset[str]:
+    """Openwall's list of the most common passwords (``password.lst``, public domain), lower-cased."""
+    with gzip.open(COMMON_PASSWORDS, "rt", encoding="utf-8") as lines:
+        return frozenset(line.rstrip("\n").lower() for line in lines if not line.startswith("#!comment"))
+
+
+def check_password(password: str) -> None:
+    """Refuse a password that is only spaces, or one of the most common ones (the first tried by
+    anyone guessing; NIST SP 800-63B asks for this check rather than rules about character kinds).
+
+    :raises ValidationError: saying which.
+    """
+    if not password.strip():
+        raise ValidationError("Must not be only spaces.")
+    if password.lower() in common_passwords() or password.strip().lower() in common_passwords():
+        raise ValidationError(
+            "Is one of the most common passwords, the first that anyone guessing tries; choose another."
+        )
 
 
 class StrictSchema(Schema):
@@ -271,12 +354,23 @@ class RegisterSchema(EnrolSchema):
     password = fields.String(
         required=True,
         load_only=True,
-        validate=validate.Length(min=PASSWORD_MIN, max=PASSWORD_MAX, error="Must be {min} to {max} characters."),
+        validate=[
+            validate.Length(min=PASSWORD_MIN, max=PASSWORD_MAX, error="Must be {min} to {max} characters."),
+            check_password,
+        ],
     )
 
 
 class LoginSchema(StrictSchema):
     email = fields.String(required=True, validate=validate.Length(max=1000))
+
+    @pre_load
+    def normalise_email(self, data: Any, **kwargs: Any) -> Any:
+        """The same NFC form as registration stored (typed on another system, it may differ)."""
+        if isinstance(data, dict) and isinstance(data.get("email"), str):
+            data = {**data, "email": unicodedata.normalize("NFC", data["email"])}
+        return data
+
     password = fields.String(required=True, load_only=True, validate=validate.Length(max=PASSWORD_MAX))
 
 

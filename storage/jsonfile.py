@@ -680,6 +680,10 @@ class JsonStore(Upkeep, Store):
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        if not self.directory.is_dir():
+            # Taking the lock would create it again (filelock makes the lock file's folder), and
+            # a repair would fill it from memory: on an unmounted volume, onto the wrong disk.
+            raise StoreUnavailableError("The data directory is missing; writes wait until it is back")
         try:
             # A short poll keeps waiting writers from sleeping long past the moment the lock frees.
             self._filelock.acquire(timeout=self._lock_timeout, poll_interval=0.001)

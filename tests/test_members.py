@@ -547,7 +547,9 @@ def test_member_edits_honour_if_match(app):
 
 
 def test_create_admin_makes_an_admin_who_signs_in(app, anon):
-    result = app.test_cli_runner().invoke(args=["create-admin", "Root@Example.org", "--password", PASSWORD])
+    result = app.test_cli_runner().invoke(
+        args=["create-admin", "Root@Example.org", "--password", PASSWORD, "--name", "Root Admin"]
+    )
     assert result.exit_code == 0, result.output
     assert "created admin" in result.output and PASSWORD not in result.output
     token = login(anon, "root@example.org").get_json()["access_token"]

@@ -23,6 +23,7 @@ from werkzeug.routing import BaseConverter
 
 from library import auth, books, members, uploads
 from library.context import (
+    MAX_JSON_BYTES,
     UPLOAD_OVERHEAD,
     data_dir,
     store,
@@ -78,12 +79,52 @@ def json_body() -> dict[str, Any]:
     if not request.is_json:
         raise UnsupportedMediaType("Send the body as application/json")
     try:
-        value = orjson.loads(request.get_data(cache=False))
+        value = orjson.loads(read_body(MAX_JSON_BYTES))
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"The body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     if not isinstance(value, dict):
         raise ValidationError({"_schema": ["The body must be a JSON object."]})
     return value
+
+
+def read_body(limit: int) -> bytes:
+    """The request's body, at most ``limit`` bytes.
+
+    :raises RequestEntityTooLarge: when it is longer, however it arrives. A chunked body has no
+        length to check first, and werkzeug would cut it at the limit without a word (a truncated
+        body that still parses would be taken), so it is read here to one byte past the limit.
+    """
+    if request.content_length is None and request.environ.get("wsgi.input_terminated"):
+        data = request.environ["wsgi.input"].read(limit + 1)
+        if len(data) > limit:
+            raise RequestEntityTooLarge()
+        return data
+    return request.get_data(cache=False)
+
+
+CLOSE_CONNECTION = "library.close_connection"
+"""Set in the WSGI environ when the connection must not be kept alive after this answer."""
+
+
+class CloseUnreadBodies:
+    """WSGI middleware: an answer given before the body was read (a 413) closes the connection,
+    instead of gunicorn reading what may be gigabytes to reach the next request. gunicorn drops a
+    ``Connection`` header set by the application, so this asks its response object directly (the
+    ``start_response`` it hands over is that object's method); other servers are left as they are."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if environ.get(CLOSE_CONNECTION):
+                server_response = getattr(start_response, "__self__", None)
+                force_close = getattr(server_response, "force_close", None)
+                if callable(force_close):
+                    force_close()
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        return self.app(environ, start)
 
 
 def query_args(schema: BookQuerySchema) -> dict[str, Any]:
@@ -216,12 +257,26 @@ def received_file() -> tuple[FileStorage, int]:
 
 
 def safe_headers(response: Response) -> Response:
-    """On every answer: no type sniffing, and no framing by another site (clickjacking)."""
+    """On every answer: no type sniffing, and no framing by another site (clickjacking). A 413,
+    or a refusal of a request whose body may be large (a 401 before a 50 MB upload was read),
+    closes the connection."""
+    if response.status_code == 413 or (response.status_code >= 400 and unread_body_may_be_large()):
+        request.environ[CLOSE_CONNECTION] = True
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
     if response.mimetype == "text/html" and "Content-Security-Policy" not in response.headers:
         response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
     return response
+
+
+DRAIN_LIMIT = 64 * 1024
+"""A refused request's body up to this size is left for gunicorn to read past (cheap, and the
+connection is kept); beyond it, or of unknown size, the connection is closed instead."""
+
+
+def unread_body_may_be_large() -> bool:
+    length = request.content_length
+    return (length or 0) > DRAIN_LIMIT or (length is None and "chunked" in request.headers.get("Transfer-Encoding", ""))
 
 
 def drop_spools(exc: BaseException | None) -> None:

@@ -20,6 +20,7 @@ from library.context import (
     stamp,
     store,
 )
+from library.errors import PermissionDenied
 from library.schemas import (
     EnrolSchema,
     LoginSchema,
@@ -47,9 +48,11 @@ log = logging.getLogger("library_api")
 
 
 @bp.post("/auth/register")
-@documented(body=RegisterSchema, response=MemberSchema, status=201, errors=(400, 409, 415, 422))
+@documented(body=RegisterSchema, response=MemberSchema, status=201, errors=(400, 403, 409, 415, 422, 429))
 def register() -> Response:
     """Become a member who signs in with a password (always with the role ``member``)."""
+    if current_app.config["REGISTRATION"] != "open":
+        raise PermissionDenied("Registration is closed in this library; ask a librarian to enrol you")
     data = register_schema.load(json_body())
     password_hash = auth.hash_password(data["password"])
     moment = stamp(now())

@@ -41,8 +41,8 @@ def openapi_spec(app: Flask) -> bytes:
     for rule in app.url_map.iter_rules():
         view_fn = app.view_functions[rule.endpoint]
         doc = getattr(view_fn, "openapi", None)
-        if doc is None:
-            continue
+        if doc is None or (rule.endpoint == "members.register" and app.config["REGISTRATION"] != "open"):
+            continue  # a closed registration is not offered
         path = str(rule.rule)
         params = []
         for arg in rule.arguments:

@@ -14,6 +14,7 @@ from library.context import (
 )
 from library.schemas import (
     HealthSchema,
+    LibrarySchema,
 )
 from library.web.http import documented, json_response
 from library.web.openapi import openapi_spec
@@ -39,6 +40,14 @@ def healthz() -> Response:
     if not health["writable"]:
         body["problems"] = health["problems"]
         return json_response(orjson.dumps(body), status=503)
+    return json_response(orjson.dumps(body))
+
+
+@bp.get("/library")
+@documented(response=LibrarySchema)
+def about_library() -> Response:
+    """The library's name, and whether anyone may register (the page offers it only then)."""
+    body = {"name": current_app.config["NAME"] or "Library", "registration": current_app.config["REGISTRATION"]}
     return json_response(orjson.dumps(body))
 
 
