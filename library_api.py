@@ -180,8 +180,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     directory = Path(app.config["DATA_DIR"] or app.instance_path)
+    operations.finish_restore(directory)  # a restore cut short: completed (or undone) before reading
     app.extensions["library_was_empty"] = not operations.has_data(directory)
     app.extensions["library_store"] = open_store(app)
+    if auth.library_of(app.extensions["library_store"].snapshot()) is None:
+        app.extensions["library_store"].update(auth.ensure_library)
     if app.config["WARN_EPHEMERAL_DISK"] not in (False, 0, "0", "false", "False", "no", ""):
         reasons = operations.ephemeral_reasons(directory, HERE, os.environ)
         if reasons:

@@ -193,6 +193,10 @@ def restore(archive_path: Path, directory: Path, collections: Iterable[str], for
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def finish_restore(directory: Path) -> None:
+    pass
+
+
 def _last_seq(path: Path) -> int:
     try:
         return _last_seq_of(path.read_bytes())
