@@ -119,6 +119,7 @@ both (``iss``/``aud`` and ``gen``), so a token of another library that shares th
 of this one before a restore, signs nobody in. Kept in the store, not beside the key: every worker
 sees a new generation with the next snapshot, and any ``Store`` keeps it as it keeps members."""
 
+
 class TokenError(Exception):
     """A bearer token that does not sign anybody in; the message says why."""
 
