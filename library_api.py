@@ -51,6 +51,7 @@ from library.web.live import release_live_slot, reserve_live_slot, sock
 from library.web.problems import register_errors
 from storage import (
     JsonStore,
+    StoreUnavailableError,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -184,7 +185,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["library_was_empty"] = not operations.has_data(directory)
     app.extensions["library_store"] = open_store(app)
     if auth.library_of(app.extensions["library_store"].snapshot()) is None:
-        app.extensions["library_store"].update(auth.ensure_library)
+        try:
+            app.extensions["library_store"].update(auth.ensure_library)
+        except StoreUnavailableError as exc:  # library.json refused (a bad hand edit): no token works
+            log.error("no token can be checked until the library's identity is readable: %s", exc)
     if app.config["WARN_EPHEMERAL_DISK"] not in (False, 0, "0", "false", "False", "no", ""):
         reasons = operations.ephemeral_reasons(directory, HERE, os.environ)
         if reasons:

@@ -13,6 +13,7 @@ import pytest
 
 from library import auth
 from library_api import create_app
+from storage.errors import CorruptFileError
 from tests.conftest import TEST_SECRET, add_member, client_as, token_for
 
 
@@ -163,3 +164,15 @@ def test_the_audience_as_a_list_holding_the_identity_is_refused(app):
 def test_a_token_before_the_library_record_exists_signs_nobody_in():
     with pytest.raises(auth.TokenError):
         auth.read_token(TEST_SECRET.encode(), "a.b.c", {"identity": "", "generation": 0})
+
+
+def test_a_library_record_broken_by_hand_is_refused_like_any_collection_file(data_dir):
+    settings = {"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET}
+    create_app(settings).extensions["library_store"].close()
+    (data_dir / "library.json").write_text('{"library": [{"id": 1, "identity": "", "generation": "x"}]}')
+    with pytest.raises(CorruptFileError, match=r"library.json: record 1 \(id 1\): \"identity\" must not be empty"):
+        create_app(settings)
+    short = {"id": 1, "identity": "short", "generation": 1}
+    (data_dir / "library.json").write_text(orjson.dumps({"library": [short]}).decode())
+    with pytest.raises(CorruptFileError, match="at least 16 characters"):
+        create_app(settings)
