@@ -607,3 +607,60 @@ def test_two_hundred_randomly_damaged_archives_are_each_refused_cleanly_or_resto
         assert not [p for p in target.iterdir() if p.name.startswith(".restore")]
         shutil.rmtree(target)
     print(f"200 damaged archives: {outcomes}")
+
+
+@pytest.mark.parametrize("version", [True, "2", 3, None])
+def test_a_manifest_of_an_unknown_format_is_refused(tmp_path, good, version):
+    _, files = good
+    archive = craft(tmp_path / "odd.tar.gz", files)
+    with tarfile.open(archive) as made:
+        entries = [(m, made.extractfile(m).read()) for m in made.getmembers()]
+    with tarfile.open(archive, "w:gz") as out:
+        for info, data in entries:
+            if info.name == operations.MANIFEST:
+                data = orjson.dumps({**orjson.loads(data), "format": version})
+                info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    with pytest.raises(operations.BackupError, match="backup format"):
+        operations.restore(archive, tmp_path / "target", COLLECTIONS, True, records.problem)
+
+
+def test_a_manifest_too_large_to_be_one_is_refused(tmp_path, good):
+    _, files = good
+    archive = tmp_path / "big-manifest.tar.gz"
+    with tarfile.open(archive, "w:gz") as out:
+        info = tarfile.TarInfo(operations.MANIFEST)
+        info.size = operations.MAX_MANIFEST + 1
+        out.addfile(info, io.BufferedReader(Zeros(info.size), 1 << 20))
+    with pytest.raises(operations.BackupError, match="too large to be one"):
+        operations.restore(archive, tmp_path / "target", COLLECTIONS, True, records.problem)
+
+
+def test_an_empty_collection_comes_back_with_its_ids_from_one(tmp_path, good):
+    archive, files = good
+    assert orjson.loads(files["loans.json"]) == {"seq": 0, "next_id": 1, "loans": []}  # never written there
+    target = tmp_path / "target"
+    operations.restore(archive, target, COLLECTIONS, True, records.problem)
+    store = JsonStore(target, COLLECTIONS)
+    try:
+        hold = {"book_id": 1, "member_id": 1, "status": "waiting", "created_at": "2026-01-01T00:00:00Z"}
+        assert store.update(lambda txn: txn.insert("holds", hold))["id"] == 1
+    finally:
+        store.close()
+
+
+def test_a_generation_still_only_in_the_journal_is_passed_too(tmp_path, good):
+    """A sign-out-everyone not yet checkpointed into library.json still counts."""
+    archive, _ = good
+    target = tmp_path / "target"
+    library(target, "Current")
+    store = JsonStore(target, COLLECTIONS, checkpoint_changes=1000)
+    for _ in range(4):
+        store.update(auth.sign_everyone_out)  # generation 5, in the journal only
+    assert orjson.loads((target / "library.json").read_bytes())["library"][0]["generation"] == 1
+    operations.restore(archive, target, COLLECTIONS, True, records.problem)
+    store = JsonStore(target, COLLECTIONS)
+    try:
+        assert auth.library_of(store.snapshot())["generation"] == 6
+    finally:
+        store.close()

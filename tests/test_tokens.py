@@ -176,3 +176,10 @@ def test_a_library_record_broken_by_hand_is_refused_like_any_collection_file(dat
     (data_dir / "library.json").write_text(orjson.dumps({"library": [short]}).decode())
     with pytest.raises(CorruptFileError, match="at least 16 characters"):
         create_app(settings)
+
+
+def test_a_member_written_without_a_token_version_signs_in(app):
+    store = app.extensions["library_store"]
+    person = {"email": "hand@example.org", "first_name": "H", "last_name": "E", "role": "member"}
+    member = store.update(lambda txn: txn.insert("members", person))  # as a person adds one by hand
+    assert app.test_client().get("/members/me", headers=bearer(token_for(app, member))).status_code == 200
