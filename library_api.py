@@ -62,6 +62,7 @@ from library.web.problems import DataDirectoryGuard, register_errors
 from storage import (
     JsonStore,
     Store,
+    StoreUnavailableError,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -249,8 +250,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     directory = Path(app.config["DATA_DIR"] or app.instance_path)
+    operations.finish_restore(directory)  # a restore cut short: completed (or undone) before reading
     app.extensions["library_was_empty"] = not operations.has_data(directory)
     app.extensions["library_store"] = open_store(app)
+    if auth.library_of(app.extensions["library_store"].snapshot()) is None:
+        try:
+            app.extensions["library_store"].update(auth.ensure_library)
+        except StoreUnavailableError as exc:  # library.json refused (a bad hand edit): no token works
+            log.error("no token can be checked until the library's identity is readable: %s", exc)
     warn = app.config["WARN_EPHEMERAL_DISK"] not in (False, 0, "0", "false", "False", "no", "")
     if warn and not database_url(app.config):  # on PostgreSQL the folder only caches the files
         reasons = operations.ephemeral_reasons(directory, HERE, os.environ)

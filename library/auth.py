@@ -24,7 +24,7 @@ import argon2
 import jwt
 
 from library.errors import LockedOut
-from storage import Txn, journal
+from storage import Snapshot, Txn, journal
 
 ALGORITHM = "HS256"
 MIN_SECRET_BYTES = 32
@@ -113,15 +113,49 @@ def load_secret(configured: str, data_dir: Path) -> bytes:
 
 # -- tokens ----------------------------------------------------------------------------------------
 
+LIBRARY = "library"
+"""The collection holding this library's one record: its ``identity``, random and made with
+the library, and its ``generation``, which a restore and "sign everyone out" move on. A token names
+both (``iss``/``aud`` and ``gen``), so a token of another library that shares the signing key, or
+of this one before a restore, signs nobody in. Kept in the store, not beside the key: every worker
+sees a new generation with the next snapshot, and any ``Store`` keeps it as it keeps members."""
+
 
 class TokenError(Exception):
     """A bearer token that does not sign anybody in; the message says why."""
 
 
-def issue_token(secret: bytes, member: Mapping[str, Any], ttl: int, now: datetime | None = None) -> str:
-    """A signed token for ``member``, valid for ``ttl`` seconds."""
+def library_of(source: Snapshot | Txn) -> dict[str, Any] | None:
+    """This library's identity record (the collection's first), or None before
+    :func:`ensure_library` made it."""
+    found = source.items(LIBRARY) if isinstance(source, Txn) else source.records(LIBRARY).items()
+    return next((record for _, record in found), None)
+
+
+def ensure_library(txn: Txn) -> dict[str, Any]:
+    """The identity record, made (random) the first time a library starts."""
+    return library_of(txn) or txn.insert(LIBRARY, new_library())
+
+
+def new_library() -> dict[str, Any]:
+    return {"identity": secrets.token_urlsafe(18), "generation": 1}
+
+
+def sign_everyone_out(txn: Txn) -> dict[str, Any]:
+    """Move the generation on: every token issued before stops working."""
+    current = ensure_library(txn)
+    return txn.put(LIBRARY, {**current, "generation": current["generation"] + 1})
+
+
+def issue_token(
+    secret: bytes, member: Mapping[str, Any], ttl: int, library: Mapping[str, Any], now: datetime | None = None
+) -> str:
+    """A signed token for ``member`` of ``library`` (its identity record), valid for ``ttl`` seconds."""
     issued = now or datetime.now(UTC)
     claims = {
+        "iss": library["identity"],
+        "aud": library["identity"],
+        "gen": library["generation"],
         "sub": str(member["id"]),
         "ver": member.get("token_version", 0),
         "role": member["role"],  # for the client's information only: the store's role is what counts
@@ -135,32 +169,45 @@ def issue_token(secret: bytes, member: Mapping[str, Any], ttl: int, now: datetim
 class Claims:
     member_id: int
     version: int
+    generation: int
 
 
-def read_token(secret: bytes, token: str, max_ttl: int | None = None) -> Claims:
-    """The member id and token version a token carries, after checking its signature and expiry.
+def _whole(value: Any) -> bool:
+    return type(value) is int
+
+
+def read_token(secret: bytes, token: str, library: Mapping[str, Any], max_ttl: int | None = None) -> Claims:
+    """The member id, token version and generation a token carries, after checking its signature,
+    expiry, and that ``library`` (its identity record) issued it.
 
     :param max_ttl: the longest lifetime a token may claim (``exp`` - ``iat``), in seconds.
     :raises TokenError: when the token is malformed, not HS256, signed with another key, expired,
-        missing a claim, or claims a lifetime past ``max_ttl``.
+        issued by another library or for another, missing a claim, holding a claim of the wrong
+        type, or claiming a lifetime past ``max_ttl``.
     """
     try:
         claims = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "iat", "sub", "ver"]}, leeway=0
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            issuer=library["identity"],
+            audience=library["identity"],
+            options={"require": ["exp", "iat", "sub", "ver", "iss", "aud", "gen"], "strict_aud": True},
+            leeway=0,
         )
     except jwt.ExpiredSignatureError:
         raise TokenError("The token has expired; sign in again") from None
     except jwt.InvalidTokenError:
         raise TokenError("The token is not valid; sign in again") from None
-    sub, ver, exp, iat = claims["sub"], claims["ver"], claims["exp"], claims["iat"]
+    sub, ver, gen, exp, iat = (claims[k] for k in ("sub", "ver", "gen", "exp", "iat"))
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (exp, iat))
     if not numbers or (max_ttl is not None and exp - iat > max_ttl):
         raise TokenError("The token is not valid; sign in again")
-    if not (
-        isinstance(sub, str) and sub.isascii() and sub.isdigit() and isinstance(ver, int) and not isinstance(ver, bool)
-    ):
+    if not (isinstance(sub, str) and sub.isascii() and sub.isdigit() and _whole(ver) and _whole(gen)):
         raise TokenError("The token is not valid; sign in again")
-    return Claims(int(sub), ver)
+    if gen != library["generation"]:
+        raise TokenError("The token is no longer valid; sign in again")
+    return Claims(int(sub), ver, gen)
 
 
 # -- the lockout -----------------------------------------------------------------------------------

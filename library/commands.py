@@ -16,7 +16,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 from marshmallow import ValidationError
 
-from library import auth, catalogue, circulation, loader, members, operations
+from library import auth, catalogue, circulation, loader, members, operations, records
 from library.context import (
     data_dir,
     now,
@@ -175,21 +175,38 @@ def export_command(fmt: str, output: Path | None) -> None:
 @click.command("backup")
 @with_appcontext
 @click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
-def backup_command(path: Path | None) -> None:
-    """Write one consistent archive of the data directory (safe while the server runs)."""
-    target = path or Path(f"library-backup-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.tar.gz")
-    if getattr(store(), "backend", "json") != "json":
-        # The database's state written out as a data directory: the archive is the same either
-        # way, and restores into either store.
-        with tempfile.TemporaryDirectory(prefix="library-backup-") as folder:
-            convert.write_directory(store(), data_dir(), Path(folder) / "data", COLLECTIONS)
-            copy = JsonStore(Path(folder) / "data", COLLECTIONS)
-            try:
-                report = operations.backup(copy, target)
-            finally:
-                copy.close()
-    else:
-        report = operations.backup(store(), target)
+@click.option(
+    "--allow-git-tree",
+    is_flag=True,
+    help="Write the archive even inside a git work tree (it holds the password hashes; never commit it).",
+)
+def backup_command(path: Path | None, allow_git_tree: bool) -> None:
+    """Write one consistent archive of the library (safe while the server runs): to PATH, or by
+    default to backups/ beside the data directory (mode 700; archives 600). Copy archives off the
+    machine: a backup on the disk it backs up is lost with it."""
+    moment = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    target = path or operations.default_target(data_dir(), moment)
+    tree = operations.git_work_tree(target.parent)
+    if tree is not None and not allow_git_tree:
+        raise click.ClickException(
+            f"{target} is inside the git work tree {tree}; an archive holds the members' password hashes "
+            "and must not be committed. Give a PATH outside it, or pass --allow-git-tree"
+        )
+    try:
+        if getattr(store(), "backend", "json") != "json":
+            # The database's state written out as a data directory: the archive is the same either
+            # way, and restores into either store.
+            with tempfile.TemporaryDirectory(prefix="library-backup-") as folder:
+                convert.write_directory(store(), data_dir(), Path(folder) / "data", COLLECTIONS)
+                copy = JsonStore(Path(folder) / "data", COLLECTIONS)
+                try:
+                    report = operations.backup(copy, target, COLLECTIONS)
+                finally:
+                    copy.close()
+        else:
+            report = operations.backup(store(), target, COLLECTIONS)
+    except OSError as exc:
+        raise click.ClickException(f"no backup written to {target}: {operations.disk_problem(exc)}") from None
     click.echo(f"backed up {report.files} files at seq {report.seq} to {report.path} ({report.size} bytes)")
 
 
@@ -197,8 +214,16 @@ def backup_command(path: Path | None) -> None:
 @with_appcontext
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Replace the data already there (it is kept aside, not deleted).")
-def restore_command(path: Path, force: bool) -> None:
-    """Put a backup back into the data directory, after checking it whole."""
+@click.option(
+    "--max-file-mb",
+    type=click.IntRange(min=1),
+    default=operations.MAX_FILE_MB,
+    show_default=True,
+    envvar="LIBRARY_RESTORE_MAX_FILE_MB",
+    help="Refuse an archive holding a file larger than this (unpacked).",
+)
+def restore_command(path: Path, force: bool, max_file_mb: int) -> None:
+    """Put a backup back into the data directory, after checking it whole. Everyone signs in again."""
     if getattr(store(), "backend", "json") != "json":
         raise click.ClickException(
             "restore puts a backup into a data directory: run it with LIBRARY_DATABASE_URL and DATABASE_URL "
@@ -210,10 +235,11 @@ def restore_command(path: Path, force: bool) -> None:
         force = True  # only what this command's own start-up wrote is there
     store().close()  # this command's own view of the directory must not outlive the swap
     try:
-        aside = operations.restore(path, directory, COLLECTIONS, force)
+        aside = operations.restore(path, directory, COLLECTIONS, force, records.problem, max_file_mb)
     except operations.BackupError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"restored {path} into {directory}")
+    click.echo("every token issued before the restore no longer works: members sign in again")
     if aside is not None:
         click.echo(f"the data it replaced is kept in {aside}")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-COLLECTIONS = ("books", "members", "loans", "holds", "payments", "logins")
+COLLECTIONS = ("books", "members", "loans", "holds", "payments", "logins", "library")
 """One JSON file each in the data directory."""
 
 TEXT = (str,)
@@ -72,6 +72,11 @@ RULES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "locked_until": (OPTIONAL_TEXT, False),
         "expires_at": (OPTIONAL_TEXT, False),
     },
+    # one record: the identity tokens name as issuer and audience, and their generation
+    "library": {
+        "identity": (TEXT, True),
+        "generation": (WHOLE, True),
+    },
 }
 ROLES = ("member", "librarian", "admin")
 HOLD_STATUSES = ("waiting", "ready", "fulfilled", "cancelled", "expired")
@@ -94,6 +99,8 @@ def problem(collection: str, record: dict[str, Any]) -> str | None:
             return f'"{name}" must not be empty'
     if collection == "members" and record["role"] not in ROLES:
         return f'"role" must be one of {", ".join(ROLES)}, not {_show(record["role"])}'
+    if collection == "library" and (record["generation"] < 1 or len(record["identity"].strip()) < 16):
+        return '"generation" must be 1 or more and "identity" at least 16 characters'
     if collection == "holds" and record["status"] not in HOLD_STATUSES:
         return f'"status" must be one of {", ".join(HOLD_STATUSES)}, not {_show(record["status"])}'
     return None

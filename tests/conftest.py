@@ -102,7 +102,8 @@ def add_member(app, email: str, role: str = "member", password: str | None = Non
 
 
 def token_for(app, member: dict[str, Any], ttl: int = 3600) -> str:
-    return auth.issue_token(app.extensions["library_secret"], member, ttl)
+    library = auth.library_of(app.extensions["library_store"].snapshot())
+    return auth.issue_token(app.extensions["library_secret"], member, ttl, library)
 
 
 def client_as(app, role: str, email: str | None = None):

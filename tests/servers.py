@@ -48,9 +48,13 @@ def sign_in(data_dir: Path, role: str = "member", count: int = 1) -> list[dict[s
         ]
 
     people = store.update(add)
+    library = store.update(auth.ensure_library)
     store.close()
     return [
-        {"Authorization": f"Bearer {auth.issue_token(SECRET.encode(), m, 3600)}", "Content-Type": "application/json"}
+        {
+            "Authorization": f"Bearer {auth.issue_token(SECRET.encode(), m, 3600, library)}",
+            "Content-Type": "application/json",
+        }
         for m in people
     ]
 

@@ -22,7 +22,7 @@ from library import operations
 from library.records import COLLECTIONS
 from library_api import create_app
 from storage import JsonStore
-from tests.conftest import ROOT, TEST_SECRET, client_as
+from tests.conftest import ROOT, TEST_SECRET, client_as, token_for
 from tests.servers import SECRET, gunicorn_server, librarian
 
 
@@ -240,15 +240,23 @@ def test_the_warning_is_loud_and_can_be_silenced(tmp_path, monkeypatch, caplog):
     assert "WILL PROBABLY BE LOST" not in caplog.text
 
 
-def test_a_restored_library_keeps_its_generated_key_so_tokens_stay_valid(tmp_path):
+def test_a_restored_library_keeps_its_own_key_and_no_earlier_token_works(tmp_path):
+    """Changed on purpose: a restore used to keep tokens valid (the archive carried the key), which
+    let an old token act as whoever got its id after the restore."""
     source, restored = tmp_path / "source", tmp_path / "restored"
     app = create_app({"DATA_DIR": str(source), "SEED_FILE": ""})  # no LIBRARY_SECRET_KEY: one is generated
-    token = client_as(app, "librarian").environ_base["HTTP_AUTHORIZATION"]
+    member = client_as(app, "librarian").member
+    token = token_for(app, member)
     archive = tmp_path / "b.tar.gz"
     assert app.test_cli_runner().invoke(args=["backup", str(archive)]).exit_code == 0
+    with tarfile.open(archive) as made:
+        assert "secret.key" not in made.getnames()  # a backup carries no signing key
     env = {k: v for k, v in os.environ.items() if k != "LIBRARY_SECRET_KEY"}
     command = [sys.executable, "-m", "flask", "--app", "library_api", "restore", str(archive)]
     env.update(LIBRARY_DATA_DIR=str(restored), LIBRARY_SEED_FILE="")
     assert subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=120).returncode == 0
-    again = create_app({"DATA_DIR": str(restored), "SEED_FILE": ""}).test_client()
-    assert again.get("/members/me", headers={"Authorization": token}).status_code == 200
+    assert (restored / "secret.key").read_bytes() != (source / "secret.key").read_bytes()
+    again = create_app({"DATA_DIR": str(restored), "SEED_FILE": ""})
+    assert again.test_client().get("/members/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    fresh = token_for(again, member)  # signing in again works
+    assert again.test_client().get("/members/me", headers={"Authorization": f"Bearer {fresh}"}).status_code == 200

@@ -189,13 +189,15 @@ def signed_in(role: str = "member") -> dict[str, Any]:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("Send the token as Authorization: Bearer <token>", invalid_token=True)
+    snap = store().snapshot()
+    library = auth.library_of(snap) or {"identity": "", "generation": 0}  # none yet: nothing is valid
     try:
         claims = auth.read_token(
-            current_app.extensions["library_secret"], token.strip(), int(current_app.config["TOKEN_TTL"])
+            current_app.extensions["library_secret"], token.strip(), library, int(current_app.config["TOKEN_TTL"])
         )
     except auth.TokenError as exc:
         raise unauthorized(str(exc), invalid_token=True) from None
-    member = store().snapshot().get("members", claims.member_id)
+    member = snap.get("members", claims.member_id)
     if member is None or member.get("token_version", 0) != claims.version:
         if not store().health()["writable"]:
             # This worker may lack the latest changes while the journal is repaired: not a verdict.

@@ -88,9 +88,20 @@ def login() -> Response:
     if current is None or current.get("password_hash") not in (stored_hash, rehashed):
         raise unauthorized("The email or password is wrong")  # deleted or changed meanwhile
     ttl = int(current_app.config["TOKEN_TTL"])
-    token = auth.issue_token(secret, current, ttl)  # checked by PyJWT against the real clock
+    library = auth.library_of(store().snapshot()) or store().update(auth.ensure_library)
+    token = auth.issue_token(secret, current, ttl, library)  # checked by PyJWT against the real clock
     body = {"access_token": token, "token_type": "bearer", "expires_in": ttl}
     return json_response(orjson.dumps(body), **{"Cache-Control": "no-store"})
+
+
+@bp.post("/auth/sign-out-everyone")
+@documented(response=MessageSchema, errors=(), auth="admin")
+def sign_out_everyone() -> Response:
+    """Make every token issued so far stop working, the caller's own included (admins only): for a
+    leaked token or signing key, or after people left. Everyone signs in again."""
+    signed_in("admin")
+    store().update(auth.sign_everyone_out)
+    return json_response(orjson.dumps({"message": "Every token issued so far is no longer valid; sign in again"}))
 
 
 @bp.post("/members")
