@@ -75,8 +75,9 @@ def token(url: str) -> str:
             "librarian",
         )
     )
+    library = store.update(auth.ensure_library)
     store.close()
-    return auth.issue_token(SECRET.encode(), person, 86400)
+    return auth.issue_token(SECRET.encode(), person, 86400, library)
 
 
 def measure(

@@ -77,9 +77,13 @@ def sign_in(url: str, role: str, count: int = 1) -> list[dict[str, str]]:
             for i in range(count)
         ]
     )
+    library = store.update(auth.ensure_library)
     store.close()
     return [
-        {"Authorization": f"Bearer {auth.issue_token(SECRET.encode(), m, 3600)}", "Content-Type": "application/json"}
+        {
+            "Authorization": f"Bearer {auth.issue_token(SECRET.encode(), m, 3600, library)}",
+            "Content-Type": "application/json",
+        }
         for m in people
     ]
 
