@@ -603,6 +603,13 @@ class GenresSchema(Schema):
     genres = fields.List(fields.String(), metadata={"description": "Sorted, case-insensitively."})
 
 
+class QueueSchema(Schema):
+    book_id = fields.Integer()
+    holds = fields.Integer(
+        metadata={"description": "Active holds on the book: the one kept for a member, if any, and those waiting."}
+    )
+
+
 class WeekLoansSchema(Schema):
     class Meta:
         ordered = True

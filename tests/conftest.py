@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from library import auth, members
@@ -53,6 +56,50 @@ def backend_config(backend: str, data_dir: Path) -> dict[str, Any]:
 
         return {"DATABASE_URL": fresh_database(str(data_dir))}
     return {"DATABASE_URL": ""}
+
+
+@contextlib.contextmanager
+def app_on(backend: str, data_dir: Path, config: dict[str, Any]) -> Iterator[Any]:
+    """An app made from ``config`` on ``backend`` (a fresh database for PostgreSQL, dropped after)."""
+    made = create_app({**config, **backend_config(backend, data_dir)})
+    try:
+        yield made
+    finally:
+        if backend == "postgresql":
+            from tests.postgres import drop_database
+
+            made.extensions["library_store"].close()  # its connections
+            drop_database(made.config["DATABASE_URL"])
+
+
+def stored_text(app: Any, data_dir: Path) -> str:
+    """Everything the library keeps, as text: the JSON files and the journal, or on PostgreSQL the
+    records and the changes (after a checkpoint, as once writes stop)."""
+    url = app.config.get("DATABASE_URL")
+    if url:
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            rows = conn.execute("SELECT record::text FROM library_records").fetchall()
+            rows += conn.execute("SELECT coalesce(record::text, '') FROM library_changes").fetchall()
+        return "\n".join(row[0] for row in rows)
+    app.extensions["library_store"].maintain(force=True)
+    return "".join(path.read_text() for path in sorted(data_dir.glob("*.json*")))
+
+
+def stored_records(app: Any, data_dir: Path, collection: str) -> list[dict[str, Any]]:
+    """The records of ``collection`` as kept (see :func:`stored_text`)."""
+    url = app.config.get("DATABASE_URL")
+    if url:
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "SELECT record FROM library_records WHERE collection = %s ORDER BY id", (collection,)
+            ).fetchall()
+        return [row[0] for row in rows]
+    app.extensions["library_store"].maintain(force=True)
+    return orjson.loads((data_dir / f"{collection}.json").read_bytes())[collection]
 
 
 @pytest.fixture

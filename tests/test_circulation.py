@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from library_api import create_app
-from tests.conftest import TEST_SECRET, Clock, assert_problem, client_as
+from tests.conftest import TEST_SECRET, Clock, app_on, assert_problem, client_as
 from tests.servers import get_json, gunicorn_server, librarian, sign_in
 
 
@@ -27,8 +27,10 @@ def make_app(data_dir, clock, **settings: Any):
 
 
 @pytest.fixture
-def app(data_dir, clock):
-    return make_app(data_dir, clock)
+def app(data_dir, clock, backend):
+    config = {"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET, "CLOCK": clock}
+    with app_on(backend, data_dir, config) as made:
+        yield made
 
 
 @pytest.fixture
@@ -311,6 +313,24 @@ def test_holds_queue_in_order_and_the_book_is_kept_for_the_first(app, anon, desk
     assert borrow(bob, book_id).status_code == 201
     assert bob.get("/holds").get_json()["holds"][0]["status"] == "fulfilled"
     assert [(h["status"], h["position"]) for h in carol.get("/holds").get_json()["holds"]] == [("waiting", 1)]
+
+
+def test_anyone_sees_how_many_wait_for_a_book_but_not_who(app, anon, desk, ada, bob, clock):
+    carol = client_as(app, "member", "carol@example.org")
+    book_id = new_book(desk)
+    assert anon.get(f"/books/{book_id}/queue").get_json() == {"book_id": book_id, "holds": 0}
+    borrow(ada, book_id)
+    bob.post(f"/books/{book_id}/hold")
+    carol.post(f"/books/{book_id}/hold")
+    answer = anon.get(f"/books/{book_id}/queue")
+    assert answer.status_code == 200 and answer.get_json() == {"book_id": book_id, "holds": 2}
+    ada.post(f"/books/{book_id}/return")  # kept for bob: still in the queue, carol waits
+    assert anon.get(f"/books/{book_id}/queue").get_json()["holds"] == 2
+    clock.advance(days=3, seconds=1)  # bob's keep ran out (no housekeeper yet): carol's turn
+    assert anon.get(f"/books/{book_id}/queue").get_json()["holds"] == 1
+    assert borrow(carol, book_id).status_code == 201
+    assert anon.get(f"/books/{book_id}/queue").get_json()["holds"] == 0
+    assert_problem(anon.get("/books/999999/queue"), 404, "Book not found")
 
 
 def test_a_hold_placed_after_a_keep_ran_out_but_before_the_housekeeper_sees_the_book_free(

@@ -19,7 +19,18 @@ from websockets.sync.client import connect
 
 from library import auth
 from library_api import create_app
-from tests.conftest import BOOK, TEST_SECRET, Clock, add_member, assert_problem, client_as, token_for
+from tests.conftest import (
+    BOOK,
+    TEST_SECRET,
+    Clock,
+    add_member,
+    app_on,
+    assert_problem,
+    client_as,
+    stored_records,
+    stored_text,
+    token_for,
+)
 from tests.servers import gunicorn_server, librarian
 
 PASSWORD = "correct horse battery"
@@ -32,10 +43,10 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def app(data_dir, clock):
-    return create_app(
-        {"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET, "CLOCK": clock}
-    )
+def app(data_dir, clock, backend):
+    config = {"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET, "CLOCK": clock}
+    with app_on(backend, data_dir, config) as made:
+        yield made
 
 
 def register(client, email: str = "ada@example.org", password: str = PASSWORD, **extra: Any):
@@ -74,10 +85,8 @@ def test_register_answers_the_member_without_any_password(anon, data_dir):
 
 def test_the_password_is_kept_only_as_an_argon2id_hash(anon, data_dir):
     register(anon)
-    anon.application.extensions["library_store"].maintain(force=True)  # members.json written, as once writes stop
-    on_disk = (data_dir / "members.json").read_text() + (data_dir / "journal.jsonl").read_text()
-    assert PASSWORD not in on_disk
-    stored = orjson.loads((data_dir / "members.json").read_bytes())["members"][0]["password_hash"]
+    assert PASSWORD not in stored_text(anon.application, data_dir)
+    stored = stored_records(anon.application, data_dir, "members")[0]["password_hash"]
     assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
 
 
@@ -201,15 +210,13 @@ def test_a_success_before_the_lockout_resets_the_count(anon):
 def test_the_lockout_does_not_keep_the_emails_it_counts(anon, data_dir):
     for _ in range(2):
         login(anon, "typo-in-my-PASSWORD-field@example.org")
-    anon.application.extensions["library_store"].maintain(force=True)
-    kept = (data_dir / "logins.json").read_text() + (data_dir / "journal.jsonl").read_text()
+    kept = stored_text(anon.application, data_dir)
     assert "typo-in-my" not in kept.lower()
 
 
 def test_the_lockout_forgets_emails_after_fifteen_minutes(anon, data_dir, clock):
     def kept() -> int:
-        anon.application.extensions["library_store"].maintain(force=True)
-        return len(orjson.loads((data_dir / "logins.json").read_bytes())["logins"])
+        return len(stored_records(anon.application, data_dir, "logins"))
 
     for i in range(25):
         assert_problem(login(anon, f"user{i}@example.org"), 401)
@@ -356,8 +363,10 @@ def test_a_demoted_librarians_token_stops_working(app):
 def test_a_token_works_on_every_worker_of_the_data_directory(app, data_dir, anon):
     register(anon)
     token = login(anon).get_json()["access_token"]
-    other = create_app({"DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET}).test_client()
+    same_library = {"DATA_DIR": str(data_dir), "DATABASE_URL": app.config.get("DATABASE_URL") or ""}
+    other = create_app({**same_library, "SEED_FILE": "", "SECRET_KEY": TEST_SECRET}).test_client()
     assert other.get("/members/me", headers=bearer(token)).status_code == 200
+    other.application.extensions["library_store"].close()
 
 
 # -- the secret ------------------------------------------------------------------------------------

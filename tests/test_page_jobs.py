@@ -457,9 +457,11 @@ def test_a_hold_is_queued_and_the_returned_book_kept_for_the_holder(server, brow
         holder.goto(url(port, f"/book/{book['id']}"))
         expect(holder.get_by_test_id("status")).to_contain_text("Checked out")
         expect(holder.get_by_test_id("borrow")).to_have_count(0)
+        expect(holder.get_by_test_id("waiting")).to_have_text("0 holds in the queue")
         holder.get_by_test_id("place-hold").click()
         expect(holder.get_by_test_id("result")).to_have_text("Hold placed: number 1 in the queue.")
         expect(holder.get_by_test_id("my-hold")).to_have_text("You are number 1 in the queue.")
+        expect(holder.get_by_test_id("waiting")).to_have_text("1 hold in the queue")  # a member sees the count
 
         # The borrower may not renew while someone waits: the server's rule, shown where they clicked.
         sign_in(borrower, port, first)

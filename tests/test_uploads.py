@@ -18,7 +18,7 @@ from werkzeug.test import encode_multipart
 
 from library_api import create_app
 from storage import JsonStore
-from tests.conftest import BOOK, TEST_SECRET, assert_problem, client_as
+from tests.conftest import BOOK, TEST_SECRET, app_on, assert_problem, client_as
 from tests.servers import gunicorn_server, librarian, running
 
 
@@ -58,9 +58,10 @@ def epub() -> bytes:
 
 
 @pytest.fixture
-def app(data_dir):
+def app(data_dir, backend):
     config = {"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET}
-    return create_app({**config, "MAX_UPLOAD_MB": 1})
+    with app_on(backend, data_dir, {**config, "MAX_UPLOAD_MB": 1}) as made:
+        yield made
 
 
 @pytest.fixture
@@ -210,7 +211,9 @@ def test_start_up_removes_what_interrupted_uploads_left(client, book_id, data_di
     long_ago = time.time() - 3600
     os.utime(old_orphan, (long_ago, long_ago))
     os.utime(folder / kept, (long_ago, long_ago))
-    create_app({"TESTING": True, "DATA_DIR": str(data_dir), "SEED_FILE": "", "SECRET_KEY": TEST_SECRET})
+    same_library = {"DATA_DIR": str(data_dir), "DATABASE_URL": client.application.config.get("DATABASE_URL") or ""}
+    again = create_app({"TESTING": True, **same_library, "SEED_FILE": "", "SECRET_KEY": TEST_SECRET})
+    again.extensions["library_store"].close()
     assert stored(data_dir) == sorted([kept, young_orphan.name])
 
 

@@ -32,6 +32,7 @@ from library.schemas import (
     LoanSchema,
     PaymentResultSchema,
     PaymentSchema,
+    QueueSchema,
     borrow_schema,
     hold_query_schema,
     hold_request_schema,
@@ -186,6 +187,17 @@ def hold_book(book_id: int) -> Response:
     )
     body = orjson.dumps(circulation.public_hold(hold, position))
     return json_response(body, 201, Location=url_for("lending.get_hold", hold_id=hold["id"]))
+
+
+@bp.get("/books/<id:book_id>/queue")
+@documented(response=QueueSchema, errors=(404,))
+def book_queue(book_id: int) -> Response:
+    """How many wait for a book (public: a count, never who)."""
+    current = holds_now()
+    if current.get("books", book_id) is None:
+        raise NotFound("Book not found")
+    body = {"book_id": book_id, "holds": len(circulation.queue(current, book_id))}
+    return json_response(orjson.dumps(body), **{"Cache-Control": "no-cache"})
 
 
 def holds_now() -> Any:

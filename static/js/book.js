@@ -74,10 +74,14 @@ export function bookView(root, bookId, go) {
         myLoan = loans.loans.find((l) => l.member_id === me.id) || null;
         const holds = await get("/holds?status=active&limit=100&book_id=" + bookId + (isAtLeast("librarian") ? "" : "&member_id=" + me.id));
         myHold = holds.holds.find((x) => x.member_id === me.id) || null;
-        if (isAtLeast("librarian")) waiting = holds.total;
       } catch (err) {
         // shown as the book alone
       }
+    }
+    try {
+      waiting = (await get("/books/" + bookId + "/queue")).holds;
+    } catch (err) {
+      // the count is left out
     }
     if (!alive) return;
     const facts = [["Author", book.author], ["Genre", book.genre], ["Publisher", book.publisher],
