@@ -145,6 +145,15 @@ def _jsonb(value: Any) -> Jsonb:
     return Jsonb(value, dumps=lambda v: orjson.dumps(v).decode())
 
 
+_CHANGES_AFTER = "SELECT seq, collection, id, record::text FROM library_changes WHERE seq > %s ORDER BY seq"
+_FILES_AFTER = "SELECT name, data, seq FROM library_files WHERE seq > %s ORDER BY seq"
+_INSERT_CHANGE = "INSERT INTO library_changes (seq, collection, id, record, event) VALUES (%s, %s, %s, %s, %s)"
+_PUT_RECORD = (
+    "INSERT INTO library_records (collection, id, record, seq) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (collection, id) DO UPDATE SET record = excluded.record, seq = excluded.seq"
+)
+
+
 class _Pending:
     """One updater waiting to be committed, and then its result or error."""
 
@@ -243,9 +252,16 @@ class PgStore(Store):
                         open=True,
                         name="library",
                         kwargs={"autocommit": False},
+                        configure=self._configure,
                     )
                     self._pool_pid = os.getpid()
         return self._pool
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        """A new pooled connection: how long any statement waits for a lock (the commit lock above
+        all), set once here rather than in every transaction."""
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(self._lock_timeout * 1000)}ms",))
+        conn.commit()
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection]:
@@ -338,21 +354,51 @@ class PgStore(Store):
             self._problem = None
             return
         if since < floor:
-            log.warning("this process fell behind the changes kept (%d < %d): reloading", since, floor)
-            self._load()
+            self._fell_behind(since, floor)
             return
         rows = []
         if seq != since:
-            rows = conn.execute(
-                "SELECT seq, collection, id, record::text FROM library_changes WHERE seq > %s ORDER BY seq", (since,)
-            ).fetchall()
+            rows = conn.execute(_CHANGES_AFTER, (since,)).fetchall()
         # After the changes: a file is committed with (or before) the first change naming it, so
         # every file a change read above names is in this answer.
         files = []
         if files_seq != files_since or rows:
-            files = conn.execute(
-                "SELECT name, data, seq FROM library_files WHERE seq > %s ORDER BY seq", (files_since,)
-            ).fetchall()
+            files = conn.execute(_FILES_AFTER, (files_since,)).fetchall()
+        self._take_in(rows, files, files_seq)
+
+    def _lock_and_catch_up(self, conn: psycopg.Connection) -> None:
+        """Take the commit lock (the one row of library_seq) in ``conn``'s transaction and apply
+        what was committed after this process's snapshot, in one round trip: the lock, then the
+        changes and files after ours, read once the lock is held (so nothing can be committed
+        between them and our commit)."""
+        with self._state:
+            since = self._snap.seq
+            files_since = self._files_seq
+        try:
+            with conn.pipeline():
+                head = conn.execute("SELECT seq, files, floor FROM library_seq FOR UPDATE")
+                changes = conn.execute(_CHANGES_AFTER, (since,))
+                news = conn.execute(_FILES_AFTER, (files_since,))
+        except psycopg.errors.LockNotAvailable as exc:
+            conn.rollback()
+            raise LockTimeoutError(f"The database stayed locked for more than {self._lock_timeout:g} s") from exc
+        seq, files_seq, floor = head.fetchone()
+        if since < floor:
+            self._fell_behind(since, floor)
+            return
+        rows, files = changes.fetchall(), news.fetchall()
+        if seq == since and files_seq == files_since:
+            self._problem = None
+            return
+        self._take_in(rows, files, files_seq)
+
+    def _fell_behind(self, since: int, floor: int) -> None:
+        log.warning("this process fell behind the changes kept (%d < %d): reloading", since, floor)
+        self._load()
+
+    def _take_in(self, rows: list[Any], files: list[Any], files_seq: int) -> None:
+        """Apply changes and files read from the database (``files_seq``: library_seq's files then)."""
+        if files:
             files_seq = max([files_seq, *(f[2] for f in files)])
         with self._state:
             self._write_files(files)
@@ -515,8 +561,7 @@ class PgStore(Store):
         ran = False
         try:
             with self._conn() as conn:
-                self._lock_in(conn)
-                self._catch_up_in(conn)
+                self._lock_and_catch_up(conn)
                 base = Txn(self._snap)
                 ran = True
                 for item in batch:
@@ -540,15 +585,6 @@ class PgStore(Store):
             for item in batch:
                 item.done.set()
 
-    def _lock_in(self, conn: psycopg.Connection) -> None:
-        """Take the commit lock (the one row of library_seq) in ``conn``'s transaction."""
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(self._lock_timeout * 1000)}ms",))
-        try:
-            conn.execute("SELECT seq FROM library_seq FOR UPDATE")
-        except psycopg.errors.LockNotAvailable as exc:
-            conn.rollback()
-            raise LockTimeoutError(f"The database stayed locked for more than {self._lock_timeout:g} s") from exc
-
     def _commit_in(self, conn: psycopg.Connection, base: Txn, extra: str | None = None) -> None:
         """Write ``base``'s changes with their seqs and commit. The commit lock is held."""
         changes = base.changes()
@@ -571,45 +607,47 @@ class PgStore(Store):
         new_snap = Snapshot(seq, new_tables)
         events = self._describe(changes, new_snap) if self._describe and changes else [None] * len(changes)
         self._push_files(conn)
-        if numbered:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO library_changes (seq, collection, id, record, event) VALUES (%s, %s, %s, %s, %s)",
-                    [
-                        (
-                            s,
-                            c.collection,
-                            c.id,
-                            None if c.after is None else _jsonb(c.after),
-                            None if e is None else _jsonb(e),
-                        )
-                        for (s, c), e in zip(numbered, events, strict=True)
-                    ],
-                )
-                puts = [(c.collection, c.id, _jsonb(c.after), s) for s, c in numbered if c.after is not None]
-                if puts:
-                    cur.executemany(
-                        "INSERT INTO library_records (collection, id, record, seq) VALUES (%s, %s, %s, %s) "
-                        "ON CONFLICT (collection, id) DO UPDATE SET record = excluded.record, seq = excluded.seq",
-                        puts,
-                    )
-                deletes = [(c.collection, c.id) for _, c in numbered if c.after is None]
-                if deletes:
-                    cur.executemany("DELETE FROM library_records WHERE collection = %s AND id = %s", deletes)
-            moved = [(n, i) for n, i in next_ids.items() if i > old.tables[n].next_id]
-            if moved:
-                conn.cursor().executemany(
-                    "INSERT INTO library_next_ids (collection, next_id) VALUES (%s, %s) "
-                    "ON CONFLICT (collection) DO UPDATE "
-                    "SET next_id = GREATEST(library_next_ids.next_id, excluded.next_id)",
-                    moved,
-                )
-            conn.execute("UPDATE library_seq SET seq = %s", (seq,))
-            conn.execute(sql.SQL("NOTIFY {}, {}").format(sql.Identifier(CHANNEL), sql.Literal(str(seq))))
-        if extra:
-            conn.execute(extra)
+        # One round trip for every statement and the commit (pipeline mode): the commit lock is held
+        # until the commit returns, so each round trip saved is time every other server waits less.
         try:
-            conn.commit()
+            with conn.pipeline():
+                if numbered:
+                    with conn.cursor() as cur:
+                        cur.executemany(
+                            _INSERT_CHANGE,
+                            [
+                                (
+                                    s,
+                                    c.collection,
+                                    c.id,
+                                    None if c.after is None else _jsonb(c.after),
+                                    None if e is None else _jsonb(e),
+                                )
+                                for (s, c), e in zip(numbered, events, strict=True)
+                            ],
+                        )
+                        puts = [(c.collection, c.id, _jsonb(c.after), s) for s, c in numbered if c.after is not None]
+                        if puts:
+                            cur.executemany(
+                                _PUT_RECORD,
+                                puts,
+                            )
+                        deletes = [(c.collection, c.id) for _, c in numbered if c.after is None]
+                        if deletes:
+                            cur.executemany("DELETE FROM library_records WHERE collection = %s AND id = %s", deletes)
+                    moved = [(n, i) for n, i in next_ids.items() if i > old.tables[n].next_id]
+                    if moved:
+                        conn.cursor().executemany(
+                            "INSERT INTO library_next_ids (collection, next_id) VALUES (%s, %s) "
+                            "ON CONFLICT (collection) DO UPDATE "
+                            "SET next_id = GREATEST(library_next_ids.next_id, excluded.next_id)",
+                            moved,
+                        )
+                    conn.execute("UPDATE library_seq SET seq = %s", (seq,))
+                    conn.execute(sql.SQL("NOTIFY {}, {}").format(sql.Identifier(CHANNEL), sql.Literal(str(seq))))
+                if extra:
+                    conn.execute(extra)
+                conn.commit()
         except psycopg.OperationalError as exc:
             message = (
                 f"The database connection broke while saving a change ({_reason(exc)}); whether it was kept is "
@@ -625,8 +663,7 @@ class PgStore(Store):
     def exclusive(self) -> Iterator[Snapshot]:
         """Hold the commit lock: no server commits while the block runs."""
         with self._commit_mutex, self._conn() as conn:
-            self._lock_in(conn)
-            self._catch_up_in(conn)
+            self._lock_and_catch_up(conn)
             try:
                 yield self._snap
             finally:
@@ -733,8 +770,7 @@ class PgStore(Store):
 
     def _push_files_now(self) -> None:
         with self._commit_mutex, self._conn() as conn:
-            self._lock_in(conn)
-            self._catch_up_in(conn)
+            self._lock_and_catch_up(conn)
             self._push_files(conn)
             conn.commit()
 
