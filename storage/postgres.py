@@ -703,13 +703,19 @@ class PgStore(Store):
 
         def loop() -> None:
             conn: psycopg.Connection | None = None
+            last = 0.0
             while not stop.is_set():
+                latest = 0
                 try:
                     if conn is None or conn.closed:
                         conn = psycopg.connect(url, autocommit=True)
                         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
-                    for _ in conn.notifies(timeout=interval, stop_after=1):
-                        pass
+                    # Every notification that came in together makes one round: under a stream of
+                    # commits, one catch-up per wake-up rather than one per commit.
+                    for note in conn.notifies(timeout=interval, stop_after=1):
+                        latest = _seq_of(note.payload)
+                    for note in conn.notifies(timeout=0, stop_after=1000):
+                        latest = max(latest, _seq_of(note.payload))
                 except psycopg.Error:
                     if conn is not None:
                         with suppress(psycopg.Error):
@@ -719,6 +725,12 @@ class PgStore(Store):
                 store = ref()
                 if store is None:
                     break
+                # A notification of this process's own commit (its snapshot already holds it) asks
+                # for nothing, unless the last round is an interval old.
+                if 0 < latest <= store._snap.seq and time.monotonic() - last < interval:
+                    del store
+                    continue
+                last = time.monotonic()
                 try:
                     store.maintain()
                 except Exception:  # the thread must outlive any one bad round
@@ -773,6 +785,13 @@ class PgStore(Store):
             self._lock_and_catch_up(conn)
             self._push_files(conn)
             conn.commit()
+
+
+def _seq_of(payload: str) -> int:
+    try:
+        return int(payload)
+    except ValueError:
+        return 0
 
 
 def _reason(exc: BaseException) -> str:
