@@ -174,9 +174,11 @@ def measure(
             files.__enter__()
         try:
             for scenario in chosen:
-                row = measure_scenario(
-                    wrk, bearer, [port for port, _ in servers], scenario, facts, duration, warmup, runs
-                )
+                ports = [port for port, _ in servers]
+                row = {
+                    "workers": workers,
+                    **measure_scenario(wrk, bearer, ports, scenario, facts, duration, warmup, runs),
+                }
                 result["scenarios"][scenario.name] = row
                 if files is not None:
                     row["file_store"] = measure_scenario(
