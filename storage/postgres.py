@@ -504,36 +504,54 @@ class PgStore(Store):
             st = path.stat()
             self._pushed[name] = (st.st_size, st.st_mtime_ns)
 
-    def _push_files(self, conn: psycopg.Connection) -> None:
-        """Put the files this process wrote or removed since its last commit into the database (in
-        the commit's transaction, so they are there before anything that names them). Commit lock held."""
+    def _files_to_push(self) -> tuple[list[tuple[str, Path, tuple[int, int]]], list[str]]:
+        """The files this process wrote (with their size and mtime) or removed since they were last
+        put into the database. Looked for before the commit lock is taken: a request writes its
+        file before it asks for the commit that names it."""
         seen = set()
         changed = []
-        for name, path in self._local_files():
-            if name.rsplit("/", 1)[-1].startswith(".") or name.endswith((".tmp", ".lock")):
-                continue
-            seen.add(name)
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            if self._pushed.get(name) != (st.st_size, st.st_mtime_ns):
-                changed.append((name, path, (st.st_size, st.st_mtime_ns)))
-        removed = [name for name in self._pushed if name not in seen]
+        with self._state:  # a catch-up writing another server's files records them when done
+            for name, path in self._local_files():
+                if name.rsplit("/", 1)[-1].startswith(".") or name.endswith((".tmp", ".lock")):
+                    continue
+                seen.add(name)
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                if self._pushed.get(name) != (st.st_size, st.st_mtime_ns):
+                    changed.append((name, path, (st.st_size, st.st_mtime_ns)))
+            removed = [name for name in self._pushed if name not in seen]
+        return changed, removed
+
+    def _push_files(
+        self, conn: psycopg.Connection, found: tuple[list[tuple[str, Path, tuple[int, int]]], list[str]] | None = None
+    ) -> Callable[[], None]:
+        """Put the files found by :meth:`_files_to_push` into the database, in the commit's
+        transaction (so they are there before anything that names them). Commit lock held.
+        Returns what to call once the transaction is committed."""
+        changed, removed = found if found is not None else self._files_to_push()
         if not changed and not removed:
-            return
+            return lambda: None
         files_seq = conn.execute("UPDATE library_seq SET files = files + 1 RETURNING files").fetchone()[0]
-        for name, path, stamp in changed:
+        for name, path, _stamp in changed:
             conn.execute(
                 "INSERT INTO library_files (name, data, seq) VALUES (%s, %s, %s) "
                 "ON CONFLICT (name) DO UPDATE SET data = excluded.data, seq = excluded.seq",
                 (name, path.read_bytes(), files_seq),
             )
-            self._pushed[name] = stamp
         for name in removed:
             conn.execute("DELETE FROM library_files WHERE name = %s", (name,))
-            del self._pushed[name]
-        self._files_seq = files_seq
+
+        def committed() -> None:  # only then are they in the database (a rollback pushes them again)
+            with self._state:
+                for name, _path, stamp in changed:
+                    self._pushed[name] = stamp
+                for name in removed:
+                    self._pushed.pop(name, None)
+                self._files_seq = max(self._files_seq, files_seq)
+
+        return committed
 
     def share_files(self) -> None:
         """Put this process's new local files into the database now (a commit does it too)."""
@@ -560,6 +578,7 @@ class PgStore(Store):
             item.taken = True
         ran = False
         try:
+            files = self._files_to_push()
             with self._conn() as conn:
                 self._lock_and_catch_up(conn)
                 base = Txn(self._snap)
@@ -572,7 +591,7 @@ class PgStore(Store):
                         item.error = exc
                     else:
                         base.merge(child)
-                self._commit_in(conn, base)
+                self._commit_in(conn, base, files=files)
         except BaseException as exc:
             if ran:  # updaters ran (and may have changed what callers keep in step): not committed
                 self.failed_commits += 1
@@ -585,7 +604,13 @@ class PgStore(Store):
             for item in batch:
                 item.done.set()
 
-    def _commit_in(self, conn: psycopg.Connection, base: Txn, extra: str | None = None) -> None:
+    def _commit_in(
+        self,
+        conn: psycopg.Connection,
+        base: Txn,
+        extra: str | None = None,
+        files: tuple[list[tuple[str, Path, tuple[int, int]]], list[str]] | None = None,
+    ) -> None:
         """Write ``base``'s changes with their seqs and commit. The commit lock is held."""
         changes = base.changes()
         old = self._snap
@@ -606,7 +631,7 @@ class PgStore(Store):
                 new_tables[name] = Table(name, table.records, next_id, table.seq)
         new_snap = Snapshot(seq, new_tables)
         events = self._describe(changes, new_snap) if self._describe and changes else [None] * len(changes)
-        self._push_files(conn)
+        files_committed = self._push_files(conn, files)
         # One round trip for every statement and the commit (pipeline mode): the commit lock is held
         # until the commit returns, so each round trip saved is time every other server waits less.
         try:
@@ -654,6 +679,7 @@ class PgStore(Store):
                 "unknown: read it back before trying again"
             )
             raise CommitUnknownError(message) from exc
+        files_committed()
         with self._state:
             if self._snap is old:
                 self._snap = new_snap
@@ -783,8 +809,9 @@ class PgStore(Store):
     def _push_files_now(self) -> None:
         with self._commit_mutex, self._conn() as conn:
             self._lock_and_catch_up(conn)
-            self._push_files(conn)
+            committed = self._push_files(conn)
             conn.commit()
+            committed()
 
 
 def _seq_of(payload: str) -> int:
