@@ -7,7 +7,9 @@ of the data, not once per request.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import threading
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ import orjson
 from library.books import BOOK_FIELDS, FILTER_FIELDS, author_key, etag_of, fold, isbn13, public_book, utcnow
 from library.readmodel import CatalogueView, last_view
 from storage import Change, ConflictError, NotFoundError, PreconditionFailedError, Snapshot, Store, Txn
+
+log = logging.getLogger("library_api")
 
 # -- list queries ----------------------------------------------------------------------------------
 
@@ -93,6 +97,22 @@ class WriterIndex:
         self.by_tay: dict[tuple[str, str, int | None], set[int]] = {}
         self.lock = threading.RLock()  # held while an updater reads or changes the index
         self._building = threading.Lock()
+        self._started = 0
+
+    def start(self, store: Store) -> None:
+        """Build the index in a background thread of this process, once (a worker's first write then
+        finds it ready instead of building it: tens of seconds at a million books)."""
+        if self._started == os.getpid():
+            return
+        self._started = os.getpid()
+
+        def build() -> None:
+            try:
+                self.prepare(store)
+            except Exception:  # the first write builds it then
+                log.exception("building the writer index failed")
+
+        threading.Thread(target=build, name="library-writer-index", daemon=True).start()
 
     def prepare(self, store: Store) -> None:
         """Build the index from the store's latest snapshot when it must be rebuilt, before the
