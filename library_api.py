@@ -283,6 +283,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["library_housekeeper"] = housekeeper
     if not app.testing:  # tests run it by hand, on their own clock
         app.before_request(housekeeper.start)  # in the worker, after gunicorn forked it
+        # The writer index too, in the background from the worker's first request, so that its first
+        # write does not wait for a pass over every book.
+        writer = app.extensions["library_writer_index"]
+        app.before_request(lambda: writer.start(app.extensions["library_store"]))
         # Checkpoints, hand edits and journal repairs, in every worker from its start (a worker
         # that serves nothing must still follow the journal); started again after a fork
         # (gunicorn --preload). Tests call store.maintain() themselves.

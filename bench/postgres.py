@@ -80,8 +80,60 @@ def token(url: str) -> str:
     return auth.issue_token(SECRET.encode(), person, 86400, library)
 
 
+def measure_scenario(
+    wrk: str,
+    bearer: str,
+    ports: list[int],
+    scenario: base.Scenario,
+    facts: base.Facts,
+    duration: int,
+    warmup: int,
+    runs: int,
+) -> dict:
+    """Drive each of ``ports`` at once with its own wrk (4 connections), after a warm-up: ``runs``
+    times, reporting the median run (by req/s) of both together, with the worse server's latency."""
+    results = []
+    with concurrent.futures.ThreadPoolExecutor(len(ports)) as pool:
+        # Warm up first (not measured): each worker's first request of a kind builds its
+        # structures (the writer index, the search index: seconds at a million books).
+        warm = [
+            pool.submit(base.run_wrk, wrk, f"http://127.0.0.1:{port}", bearer, scenario, facts, 1, warmup, 1, 4)
+            for port in ports
+        ]
+        for future in warm:
+            future.result()
+        for n in range(runs):
+            futures = [
+                pool.submit(
+                    base.run_wrk, wrk, f"http://127.0.0.1:{port}", bearer, scenario, facts,
+                    2 + n * len(ports) + i, duration, 1, 4,
+                )
+                for i, port in enumerate(ports)
+            ]  # fmt: skip
+            done = [f.result() for f in futures]
+            results.append(
+                {
+                    "req_per_s": round(sum(r["req_per_s"] for r in done)),
+                    "p50_ms": round(max(r["p50_ms"] for r in done), 2),
+                    "p99_ms": round(max(r["p99_ms"] for r in done), 2),
+                    "non_2xx": sum(r["non_2xx"] for r in done),
+                    "socket_errors": sum(r["socket_errors"] for r in done),
+                }
+            )
+    results.sort(key=lambda r: r["req_per_s"])
+    return {**results[len(results) // 2], "runs": [r["req_per_s"] for r in results]}
+
+
 def measure(
-    size: int, server_url: str, workers: int, duration: int, warmup: int, folder: Path, scenarios: list[str]
+    size: int,
+    server_url: str,
+    workers: int,
+    duration: int,
+    warmup: int,
+    folder: Path,
+    scenarios: list[str],
+    runs: int = 1,
+    file_store: bool = False,
 ) -> dict:
     catalogue = base.catalogue_file(size)
     facts = base.facts_of(catalogue)
@@ -117,36 +169,29 @@ def measure(
         wrk = shutil.which("wrk")
         assert wrk, "needs wrk (apt-get install wrk)"
         chosen = [s for s in base.SCENARIOS if s.name in scenarios]
-        for scenario in chosen:
-            with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                # Warm up first (not measured): each worker's first request of a kind builds its
-                # structures (the writer index, the search index: seconds at a million books).
-                warm = [
-                    pool.submit(base.run_wrk, wrk, f"http://127.0.0.1:{port}", bearer, scenario, facts, 1, warmup, 1, 4)
-                    for port, _ in servers
-                ]
-                for future in warm:
-                    future.result()
-                futures = [
-                    pool.submit(
-                        base.run_wrk, wrk, f"http://127.0.0.1:{port}", bearer, scenario, facts, 2 + i, duration, 1, 4
+        files = None
+        if file_store:  # the file store on the same catalogue, measured in turn with PostgreSQL
+            files = base.Server(catalogue, workers)
+            files.__enter__()
+        try:
+            for scenario in chosen:
+                ports = [port for port, _ in servers]
+                row = {
+                    "workers": workers,
+                    **measure_scenario(wrk, bearer, ports, scenario, facts, duration, warmup, runs),
+                }
+                result["scenarios"][scenario.name] = row
+                if files is not None:
+                    row["file_store"] = measure_scenario(
+                        wrk, files.token, [files.port, files.port], scenario, facts, duration, warmup, runs
                     )
-                    for i, (port, _) in enumerate(servers)
-                ]
-                runs = [f.result() for f in futures]
-            row = {
-                "workers": workers,
-                "req_per_s": round(sum(r["req_per_s"] for r in runs)),
-                "p50_ms": round(max(r["p50_ms"] for r in runs), 2),
-                "p99_ms": round(max(r["p99_ms"] for r in runs), 2),
-                "non_2xx": sum(r["non_2xx"] for r in runs),
-                "socket_errors": sum(r["socket_errors"] for r in runs),
-            }
-            result["scenarios"][scenario.name] = row
-            if not row["req_per_s"]:
-                for log in sorted(folder.glob("gunicorn-*.log")):
-                    print(log.read_text()[-2000:], file=sys.stderr)
-            print(size, scenario.name, row, file=sys.stderr, flush=True)
+                if not row["req_per_s"]:
+                    for log in sorted(folder.glob("gunicorn-*.log")):
+                        print(log.read_text()[-2000:], file=sys.stderr)
+                print(size, scenario.name, row, file=sys.stderr, flush=True)
+        finally:
+            if files is not None:
+                files.__exit__(None, None, None)
     finally:
         for _, process in servers:
             process.terminate()
@@ -181,6 +226,13 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per scenario")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of: " + ", ".join(SCENARIOS))
     parser.add_argument("--warmup", type=int, default=8, help="seconds of each scenario run first, not measured")
+    parser.add_argument("--runs", type=int, default=3, help="measured runs per scenario; the median is reported")
+    parser.add_argument(
+        "--file-store",
+        action="store_true",
+        help="also measure the file store (one server, same workers and connections) on the same catalogue, "
+        "scenario by scenario with PostgreSQL, below a million books",
+    )
     args = parser.parse_args()
     server_url = args.url or cluster.server()
     results = []
@@ -188,7 +240,17 @@ def main() -> None:
         for size in (int(s) for s in args.sizes.split(",")):
             workers = args.workers if size < 1_000_000 else args.workers_1m
             results.append(
-                measure(size, server_url, workers, args.duration, args.warmup, Path(folder), args.scenarios.split(","))
+                measure(
+                    size,
+                    server_url,
+                    workers,
+                    args.duration,
+                    args.warmup,
+                    Path(folder),
+                    args.scenarios.split(","),
+                    args.runs,
+                    args.file_store and size < 1_000_000,
+                )  # fmt: skip
             )
     print(json.dumps(results, indent=2))
 

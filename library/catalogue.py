@@ -7,7 +7,10 @@ of the data, not once per request.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import threading
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +20,8 @@ import orjson
 from library.books import BOOK_FIELDS, FILTER_FIELDS, author_key, etag_of, fold, isbn13, public_book, utcnow
 from library.readmodel import CatalogueView, last_view
 from storage import Change, ConflictError, NotFoundError, PreconditionFailedError, Snapshot, Store, Txn
+
+log = logging.getLogger("library_api")
 
 # -- list queries ----------------------------------------------------------------------------------
 
@@ -90,6 +95,47 @@ class WriterIndex:
         self.failed_commits = 0
         self.by_isbn: dict[str, set[int]] = {}
         self.by_tay: dict[tuple[str, str, int | None], set[int]] = {}
+        self.lock = threading.RLock()  # held while an updater reads or changes the index
+        self._building = threading.Lock()
+        self._started = 0
+
+    def start(self, store: Store) -> None:
+        """Build the index in a background thread of this process, once (a worker's first write then
+        finds it ready instead of building it: tens of seconds at a million books)."""
+        if self._started == os.getpid():
+            return
+        self._started = os.getpid()
+
+        def build() -> None:
+            try:
+                self.prepare(store)
+            except Exception:  # the first write builds it then
+                log.exception("building the writer index failed")
+
+        threading.Thread(target=build, name="library-writer-index", daemon=True).start()
+
+    def prepare(self, store: Store) -> None:
+        """Build the index from the store's latest snapshot when it must be rebuilt, before the
+        store's lock is taken: a rebuild costs a pass over every book (seconds at a million), which
+        would otherwise hold up every writer of every server. :meth:`refresh`, under the lock, then
+        only takes in the changes committed since."""
+        if self.seq >= 0:
+            return
+        with self._building:  # one build at a time; the others wait for it, outside the store's lock
+            if self.seq >= 0:
+                return
+            snap = store.snapshot()
+            fresh = WriterIndex()
+            for book in snap.records("books").values():
+                fresh.add(book)
+            with self.lock:
+                if self.seq < 0:
+                    self.by_isbn, self.by_tay = fresh.by_isbn, fresh.by_tay
+                    self.mutations += 1
+                    # Built from a committed snapshot, untouched by any updater: clean whatever
+                    # commits failed before.
+                    self.failed_commits = getattr(store, "failed_commits", 0)
+                    self.seq = snap.seq
 
     def refresh(self, store: Store | None, txn: Txn) -> None:
         """Bring the index up to ``txn`` (its snapshot, plus what earlier updaters of the same
@@ -313,25 +359,29 @@ def with_index(store: Store, index: WriterIndex, updater: Any) -> Any:
     """Run ``updater(txn)`` in a store transaction with ``index`` brought up to date first. If the
     transaction fails, the index (which it may have changed) is rebuilt next time."""
 
-    refused = False
+    refused = ran = False
 
     def run(txn: Txn) -> Any:
-        nonlocal refused
-        index.refresh(store, txn)
-        mutations = index.mutations
-        try:
-            return updater(txn)
-        except BaseException:
-            refused = True
-            if index.mutations != mutations:
-                index.seq = -1
-            raise
+        nonlocal refused, ran
+        with index.lock:
+            ran = True
+            index.refresh(store, txn)
+            mutations = index.mutations
+            try:
+                return updater(txn)
+            except BaseException:
+                refused = True
+                if index.mutations != mutations:
+                    index.seq = -1
+                raise
 
+    index.prepare(store)
     try:
         return store.update(run)
     except BaseException:
-        if not refused:
-            index.seq = -1  # the commit failed after the index took in the changes
+        if ran and not refused:  # (a write that never got the lock changed nothing)
+            with index.lock:
+                index.seq = -1  # the commit failed after the index took in the changes
         raise
 
 

@@ -145,6 +145,15 @@ def _jsonb(value: Any) -> Jsonb:
     return Jsonb(value, dumps=lambda v: orjson.dumps(v).decode())
 
 
+_CHANGES_AFTER = "SELECT seq, collection, id, record::text FROM library_changes WHERE seq > %s ORDER BY seq"
+_FILES_AFTER = "SELECT name, data, seq FROM library_files WHERE seq > %s ORDER BY seq"
+_INSERT_CHANGE = "INSERT INTO library_changes (seq, collection, id, record, event) VALUES (%s, %s, %s, %s, %s)"
+_PUT_RECORD = (
+    "INSERT INTO library_records (collection, id, record, seq) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (collection, id) DO UPDATE SET record = excluded.record, seq = excluded.seq"
+)
+
+
 class _Pending:
     """One updater waiting to be committed, and then its result or error."""
 
@@ -243,9 +252,16 @@ class PgStore(Store):
                         open=True,
                         name="library",
                         kwargs={"autocommit": False},
+                        configure=self._configure,
                     )
                     self._pool_pid = os.getpid()
         return self._pool
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        """A new pooled connection: how long any statement waits for a lock (the commit lock above
+        all), set once here rather than in every transaction."""
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(self._lock_timeout * 1000)}ms",))
+        conn.commit()
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection]:
@@ -338,21 +354,51 @@ class PgStore(Store):
             self._problem = None
             return
         if since < floor:
-            log.warning("this process fell behind the changes kept (%d < %d): reloading", since, floor)
-            self._load()
+            self._fell_behind(since, floor)
             return
         rows = []
         if seq != since:
-            rows = conn.execute(
-                "SELECT seq, collection, id, record::text FROM library_changes WHERE seq > %s ORDER BY seq", (since,)
-            ).fetchall()
+            rows = conn.execute(_CHANGES_AFTER, (since,)).fetchall()
         # After the changes: a file is committed with (or before) the first change naming it, so
         # every file a change read above names is in this answer.
         files = []
         if files_seq != files_since or rows:
-            files = conn.execute(
-                "SELECT name, data, seq FROM library_files WHERE seq > %s ORDER BY seq", (files_since,)
-            ).fetchall()
+            files = conn.execute(_FILES_AFTER, (files_since,)).fetchall()
+        self._take_in(rows, files, files_seq)
+
+    def _lock_and_catch_up(self, conn: psycopg.Connection) -> None:
+        """Take the commit lock (the one row of library_seq) in ``conn``'s transaction and apply
+        what was committed after this process's snapshot, in one round trip: the lock, then the
+        changes and files after ours, read once the lock is held (so nothing can be committed
+        between them and our commit)."""
+        with self._state:
+            since = self._snap.seq
+            files_since = self._files_seq
+        try:
+            with conn.pipeline():
+                head = conn.execute("SELECT seq, files, floor FROM library_seq FOR UPDATE")
+                changes = conn.execute(_CHANGES_AFTER, (since,))
+                news = conn.execute(_FILES_AFTER, (files_since,))
+        except psycopg.errors.LockNotAvailable as exc:
+            conn.rollback()
+            raise LockTimeoutError(f"The database stayed locked for more than {self._lock_timeout:g} s") from exc
+        seq, files_seq, floor = head.fetchone()
+        if since < floor:
+            self._fell_behind(since, floor)
+            return
+        rows, files = changes.fetchall(), news.fetchall()
+        if seq == since and files_seq == files_since:
+            self._problem = None
+            return
+        self._take_in(rows, files, files_seq)
+
+    def _fell_behind(self, since: int, floor: int) -> None:
+        log.warning("this process fell behind the changes kept (%d < %d): reloading", since, floor)
+        self._load()
+
+    def _take_in(self, rows: list[Any], files: list[Any], files_seq: int) -> None:
+        """Apply changes and files read from the database (``files_seq``: library_seq's files then)."""
+        if files:
             files_seq = max([files_seq, *(f[2] for f in files)])
         with self._state:
             self._write_files(files)
@@ -458,36 +504,54 @@ class PgStore(Store):
             st = path.stat()
             self._pushed[name] = (st.st_size, st.st_mtime_ns)
 
-    def _push_files(self, conn: psycopg.Connection) -> None:
-        """Put the files this process wrote or removed since its last commit into the database (in
-        the commit's transaction, so they are there before anything that names them). Commit lock held."""
+    def _files_to_push(self) -> tuple[list[tuple[str, Path, tuple[int, int]]], list[str]]:
+        """The files this process wrote (with their size and mtime) or removed since they were last
+        put into the database. Looked for before the commit lock is taken: a request writes its
+        file before it asks for the commit that names it."""
         seen = set()
         changed = []
-        for name, path in self._local_files():
-            if name.rsplit("/", 1)[-1].startswith(".") or name.endswith((".tmp", ".lock")):
-                continue
-            seen.add(name)
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            if self._pushed.get(name) != (st.st_size, st.st_mtime_ns):
-                changed.append((name, path, (st.st_size, st.st_mtime_ns)))
-        removed = [name for name in self._pushed if name not in seen]
+        with self._state:  # a catch-up writing another server's files records them when done
+            for name, path in self._local_files():
+                if name.rsplit("/", 1)[-1].startswith(".") or name.endswith((".tmp", ".lock")):
+                    continue
+                seen.add(name)
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                if self._pushed.get(name) != (st.st_size, st.st_mtime_ns):
+                    changed.append((name, path, (st.st_size, st.st_mtime_ns)))
+            removed = [name for name in self._pushed if name not in seen]
+        return changed, removed
+
+    def _push_files(
+        self, conn: psycopg.Connection, found: tuple[list[tuple[str, Path, tuple[int, int]]], list[str]] | None = None
+    ) -> Callable[[], None]:
+        """Put the files found by :meth:`_files_to_push` into the database, in the commit's
+        transaction (so they are there before anything that names them). Commit lock held.
+        Returns what to call once the transaction is committed."""
+        changed, removed = found if found is not None else self._files_to_push()
         if not changed and not removed:
-            return
+            return lambda: None
         files_seq = conn.execute("UPDATE library_seq SET files = files + 1 RETURNING files").fetchone()[0]
-        for name, path, stamp in changed:
+        for name, path, _stamp in changed:
             conn.execute(
                 "INSERT INTO library_files (name, data, seq) VALUES (%s, %s, %s) "
                 "ON CONFLICT (name) DO UPDATE SET data = excluded.data, seq = excluded.seq",
                 (name, path.read_bytes(), files_seq),
             )
-            self._pushed[name] = stamp
         for name in removed:
             conn.execute("DELETE FROM library_files WHERE name = %s", (name,))
-            del self._pushed[name]
-        self._files_seq = files_seq
+
+        def committed() -> None:  # only then are they in the database (a rollback pushes them again)
+            with self._state:
+                for name, _path, stamp in changed:
+                    self._pushed[name] = stamp
+                for name in removed:
+                    self._pushed.pop(name, None)
+                self._files_seq = max(self._files_seq, files_seq)
+
+        return committed
 
     def share_files(self) -> None:
         """Put this process's new local files into the database now (a commit does it too)."""
@@ -514,9 +578,9 @@ class PgStore(Store):
             item.taken = True
         ran = False
         try:
+            files = self._files_to_push()
             with self._conn() as conn:
-                self._lock_in(conn)
-                self._catch_up_in(conn)
+                self._lock_and_catch_up(conn)
                 base = Txn(self._snap)
                 ran = True
                 for item in batch:
@@ -527,7 +591,7 @@ class PgStore(Store):
                         item.error = exc
                     else:
                         base.merge(child)
-                self._commit_in(conn, base)
+                self._commit_in(conn, base, files=files)
         except BaseException as exc:
             if ran:  # updaters ran (and may have changed what callers keep in step): not committed
                 self.failed_commits += 1
@@ -540,16 +604,13 @@ class PgStore(Store):
             for item in batch:
                 item.done.set()
 
-    def _lock_in(self, conn: psycopg.Connection) -> None:
-        """Take the commit lock (the one row of library_seq) in ``conn``'s transaction."""
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(self._lock_timeout * 1000)}ms",))
-        try:
-            conn.execute("SELECT seq FROM library_seq FOR UPDATE")
-        except psycopg.errors.LockNotAvailable as exc:
-            conn.rollback()
-            raise LockTimeoutError(f"The database stayed locked for more than {self._lock_timeout:g} s") from exc
-
-    def _commit_in(self, conn: psycopg.Connection, base: Txn, extra: str | None = None) -> None:
+    def _commit_in(
+        self,
+        conn: psycopg.Connection,
+        base: Txn,
+        extra: str | None = None,
+        files: tuple[list[tuple[str, Path, tuple[int, int]]], list[str]] | None = None,
+    ) -> None:
         """Write ``base``'s changes with their seqs and commit. The commit lock is held."""
         changes = base.changes()
         old = self._snap
@@ -570,52 +631,55 @@ class PgStore(Store):
                 new_tables[name] = Table(name, table.records, next_id, table.seq)
         new_snap = Snapshot(seq, new_tables)
         events = self._describe(changes, new_snap) if self._describe and changes else [None] * len(changes)
-        self._push_files(conn)
-        if numbered:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO library_changes (seq, collection, id, record, event) VALUES (%s, %s, %s, %s, %s)",
-                    [
-                        (
-                            s,
-                            c.collection,
-                            c.id,
-                            None if c.after is None else _jsonb(c.after),
-                            None if e is None else _jsonb(e),
-                        )
-                        for (s, c), e in zip(numbered, events, strict=True)
-                    ],
-                )
-                puts = [(c.collection, c.id, _jsonb(c.after), s) for s, c in numbered if c.after is not None]
-                if puts:
-                    cur.executemany(
-                        "INSERT INTO library_records (collection, id, record, seq) VALUES (%s, %s, %s, %s) "
-                        "ON CONFLICT (collection, id) DO UPDATE SET record = excluded.record, seq = excluded.seq",
-                        puts,
-                    )
-                deletes = [(c.collection, c.id) for _, c in numbered if c.after is None]
-                if deletes:
-                    cur.executemany("DELETE FROM library_records WHERE collection = %s AND id = %s", deletes)
-            moved = [(n, i) for n, i in next_ids.items() if i > old.tables[n].next_id]
-            if moved:
-                conn.cursor().executemany(
-                    "INSERT INTO library_next_ids (collection, next_id) VALUES (%s, %s) "
-                    "ON CONFLICT (collection) DO UPDATE "
-                    "SET next_id = GREATEST(library_next_ids.next_id, excluded.next_id)",
-                    moved,
-                )
-            conn.execute("UPDATE library_seq SET seq = %s", (seq,))
-            conn.execute(sql.SQL("NOTIFY {}, {}").format(sql.Identifier(CHANNEL), sql.Literal(str(seq))))
-        if extra:
-            conn.execute(extra)
+        files_committed = self._push_files(conn, files)
+        # One round trip for every statement and the commit (pipeline mode): the commit lock is held
+        # until the commit returns, so each round trip saved is time every other server waits less.
         try:
-            conn.commit()
+            with conn.pipeline():
+                if numbered:
+                    with conn.cursor() as cur:
+                        cur.executemany(
+                            _INSERT_CHANGE,
+                            [
+                                (
+                                    s,
+                                    c.collection,
+                                    c.id,
+                                    None if c.after is None else _jsonb(c.after),
+                                    None if e is None else _jsonb(e),
+                                )
+                                for (s, c), e in zip(numbered, events, strict=True)
+                            ],
+                        )
+                        puts = [(c.collection, c.id, _jsonb(c.after), s) for s, c in numbered if c.after is not None]
+                        if puts:
+                            cur.executemany(
+                                _PUT_RECORD,
+                                puts,
+                            )
+                        deletes = [(c.collection, c.id) for _, c in numbered if c.after is None]
+                        if deletes:
+                            cur.executemany("DELETE FROM library_records WHERE collection = %s AND id = %s", deletes)
+                    moved = [(n, i) for n, i in next_ids.items() if i > old.tables[n].next_id]
+                    if moved:
+                        conn.cursor().executemany(
+                            "INSERT INTO library_next_ids (collection, next_id) VALUES (%s, %s) "
+                            "ON CONFLICT (collection) DO UPDATE "
+                            "SET next_id = GREATEST(library_next_ids.next_id, excluded.next_id)",
+                            moved,
+                        )
+                    conn.execute("UPDATE library_seq SET seq = %s", (seq,))
+                    conn.execute(sql.SQL("NOTIFY {}, {}").format(sql.Identifier(CHANNEL), sql.Literal(str(seq))))
+                if extra:
+                    conn.execute(extra)
+                conn.commit()
         except psycopg.OperationalError as exc:
             message = (
                 f"The database connection broke while saving a change ({_reason(exc)}); whether it was kept is "
                 "unknown: read it back before trying again"
             )
             raise CommitUnknownError(message) from exc
+        files_committed()
         with self._state:
             if self._snap is old:
                 self._snap = new_snap
@@ -625,8 +689,7 @@ class PgStore(Store):
     def exclusive(self) -> Iterator[Snapshot]:
         """Hold the commit lock: no server commits while the block runs."""
         with self._commit_mutex, self._conn() as conn:
-            self._lock_in(conn)
-            self._catch_up_in(conn)
+            self._lock_and_catch_up(conn)
             try:
                 yield self._snap
             finally:
@@ -666,13 +729,19 @@ class PgStore(Store):
 
         def loop() -> None:
             conn: psycopg.Connection | None = None
+            last = 0.0
             while not stop.is_set():
+                latest = 0
                 try:
                     if conn is None or conn.closed:
                         conn = psycopg.connect(url, autocommit=True)
                         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
-                    for _ in conn.notifies(timeout=interval, stop_after=1):
-                        pass
+                    # Every notification that came in together makes one round: under a stream of
+                    # commits, one catch-up per wake-up rather than one per commit.
+                    for note in conn.notifies(timeout=interval, stop_after=1):
+                        latest = _seq_of(note.payload)
+                    for note in conn.notifies(timeout=0, stop_after=1000):
+                        latest = max(latest, _seq_of(note.payload))
                 except psycopg.Error:
                     if conn is not None:
                         with suppress(psycopg.Error):
@@ -682,6 +751,12 @@ class PgStore(Store):
                 store = ref()
                 if store is None:
                     break
+                # A notification of this process's own commit (its snapshot already holds it) asks
+                # for nothing, unless the last round is an interval old.
+                if 0 < latest <= store._snap.seq and time.monotonic() - last < interval:
+                    del store
+                    continue
+                last = time.monotonic()
                 try:
                     store.maintain()
                 except Exception:  # the thread must outlive any one bad round
@@ -733,10 +808,17 @@ class PgStore(Store):
 
     def _push_files_now(self) -> None:
         with self._commit_mutex, self._conn() as conn:
-            self._lock_in(conn)
-            self._catch_up_in(conn)
-            self._push_files(conn)
+            self._lock_and_catch_up(conn)
+            committed = self._push_files(conn)
             conn.commit()
+            committed()
+
+
+def _seq_of(payload: str) -> int:
+    try:
+        return int(payload)
+    except ValueError:
+        return 0
 
 
 def _reason(exc: BaseException) -> str:
