@@ -392,10 +392,17 @@ class Store(abc.ABC):
         events, last = self.events_since(since, limit)
         return [(event["seq"], orjson.dumps(event)) for event in events], last
 
+    @property
+    @abc.abstractmethod
+    def waiting_writes(self) -> int:
+        """How many updates of this process wait to be committed (the next group commit's size)."""
+
     @abc.abstractmethod
     def exclusive(self) -> AbstractContextManager[Snapshot]:
         """Hold off every other commit while the block runs, with the stored data complete as of
-        the snapshot yielded (what a consistent backup copies).
+        the snapshot yielded (what a consistent backup copies). The thread in the block may itself
+        :meth:`update`: its commit takes in the updates queued behind the block, which then still
+        holds the others off.
 
         :raises LockTimeoutError: when that could not be had in time.
         :raises StoreUnavailableError: when part of the data cannot be read or written now.

@@ -30,6 +30,7 @@ servers starting at once apply each once, and the others wait and then go on.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
@@ -230,6 +231,9 @@ class PgStore(Store):
     def _init_process_state(self) -> None:
         """Locks, pool and threads of this process (a forked child takes fresh ones)."""
         self._commit_mutex = threading.RLock()
+        # The connection whose transaction holds the commit lock for exclusive(), if a block runs:
+        # only the thread in that block (which holds _commit_mutex) commits through it.
+        self._held: psycopg.Connection | None = None
         self._state = threading.RLock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
@@ -579,8 +583,10 @@ class PgStore(Store):
         ran = False
         try:
             files = self._files_to_push()
-            with self._conn() as conn:
-                self._lock_and_catch_up(conn)
+            held = self._held
+            with contextlib.nullcontext(held) if held is not None else self._conn() as conn:
+                if held is None:
+                    self._lock_and_catch_up(conn)
                 base = Txn(self._snap)
                 ran = True
                 for item in batch:
@@ -591,7 +597,12 @@ class PgStore(Store):
                         item.error = exc
                     else:
                         base.merge(child)
-                self._commit_in(conn, base, files=files)
+                try:
+                    self._commit_in(conn, base, files=files)
+                finally:
+                    if held is not None:  # the commit (or its failure) ended the lock's transaction
+                        conn.rollback()
+                        self._lock_and_catch_up(conn)
         except BaseException as exc:
             if ran:  # updaters ran (and may have changed what callers keep in step): not committed
                 self.failed_commits += 1
@@ -687,12 +698,15 @@ class PgStore(Store):
 
     @contextmanager
     def exclusive(self) -> Iterator[Snapshot]:
-        """Hold the commit lock: no server commits while the block runs."""
+        """Hold the commit lock: no server commits while the block runs. The thread in the block
+        may itself commit (with every write queued behind it), as with the files."""
         with self._commit_mutex, self._conn() as conn:
             self._lock_and_catch_up(conn)
+            self._held = conn
             try:
                 yield self._snap
             finally:
+                self._held = None
                 conn.rollback()
 
     # -- upkeep ----------------------------------------------------------------------------------

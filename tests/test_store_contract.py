@@ -231,3 +231,29 @@ def test_exclusive_holds_back_every_other_commit(opener):
         assert not done.wait(0.3)  # the other writer waits for the lock
     writer.join()
     assert titles(store) == ["a", "b"]
+
+
+def test_the_thread_holding_exclusive_commits_with_the_writes_queued_behind_it(opener):
+    store, other = opener(), opener()
+    insert(store, "a")
+    done = threading.Event()
+    queued = []
+    with store.exclusive():
+        writers = [threading.Thread(target=lambda n=n: queued.append(insert(store, f"q{n}"))) for n in range(3)]
+        for writer in writers:
+            writer.start()
+        for _ in range(1000):  # until the three wait for this block's lock
+            if store.waiting_writes >= 3:
+                break
+            threading.Event().wait(0.01)
+        assert store.waiting_writes >= 3
+        insert(store, "from the block")  # committed now, with the queued writes
+        assert sorted(titles(store)) == ["a", "from the block", "q0", "q1", "q2"]
+        outsider = threading.Thread(target=lambda: (insert(other, "outside"), done.set()))
+        outsider.start()
+        assert not done.wait(0.3)  # the block still holds the lock after its commit
+    outsider.join()
+    for writer in writers:
+        writer.join()
+    assert len(queued) == 3
+    assert sorted(titles(opener())) == ["a", "from the block", "outside", "q0", "q1", "q2"]
