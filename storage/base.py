@@ -13,11 +13,13 @@ the live feed publishes). :meth:`Store.events_since` replays those events.
 from __future__ import annotations
 
 import abc
+import contextvars
 import itertools
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 
@@ -426,3 +428,91 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for stores that hold nothing open
         """Release what the store holds open (after writing what is pending)."""
+
+
+class Pending:
+    """One updater waiting to be committed, and then its result or error."""
+
+    __slots__ = ("updater", "value", "error", "taken", "done")
+
+    def __init__(self, updater: Callable[[Txn], Any]) -> None:
+        self.updater = updater
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.taken = False  # a committing thread has it
+        self.done = threading.Event()
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class GroupCommit(Store):
+    """A store whose concurrent updates in one process are committed together: the thread that
+    gets the commit mutex takes every updater waiting at that moment and hands them to
+    :meth:`_commit_batch`, which runs each in its own child transaction (:meth:`_run_updaters`:
+    one that raises loses only its own changes) and commits them at once."""
+
+    def _start_queue(self) -> None:
+        """The queue and its locks, fresh (at opening, and in a forked child)."""
+        # Held by the thread that commits (and by an exclusive() block, which may commit itself).
+        self._commit_mutex = threading.RLock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[Pending] = []
+
+    @property
+    def waiting_writes(self) -> int:
+        """How many updates of this process wait to be committed (the next group commit's size)."""
+        return len(self._queue)
+
+    def update(self, updater: Callable[[Txn], T]) -> T:
+        """See :meth:`Store.update`. Updaters must not call :meth:`update` themselves, and must
+        take what they need as arguments: they may run on another thread."""
+        pending = Pending(updater)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._commit_mutex:
+            if not pending.taken:
+                self._commit_queue()
+        pending.done.wait()
+        return cast(T, pending.outcome())
+
+    def _commit_queue(self) -> None:
+        """Commit every waiting updater, then wake their threads. Commit mutex held."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        for item in batch:
+            item.taken = True
+        try:
+            self._commit_batch(batch)
+        except BaseException as exc:  # nothing was committed: every updater in the batch fails
+            for item in batch:
+                if item.error is None:
+                    item.error = exc
+        finally:
+            for item in batch:
+                item.done.set()
+
+    @staticmethod
+    def _run_updaters(base: Txn, batch: list[Pending], check: Callable[[Txn], None] | None = None) -> None:
+        """Run each updater of ``batch`` in a child of ``base``, merging those that succeed (and
+        pass ``check``); a failure is kept as that updater's outcome."""
+        for item in batch:
+            child = base.child()
+            try:
+                # In a context of its own: an updater may run on another request's thread (or the
+                # background one), so it gets its arguments and nothing ambient (a web framework's
+                # request or app proxies fail loudly in it).
+                item.value = contextvars.Context().run(item.updater, child)
+                if check is not None:
+                    check(child)
+            except BaseException as exc:  # the updater's own failure: only it is refused
+                item.error = exc
+            else:
+                base.merge(child)
+
+    @abc.abstractmethod
+    def _commit_batch(self, batch: list[Pending]) -> None:
+        """Run ``batch``'s updaters on the latest committed state (:meth:`_run_updaters`) and
+        commit what they changed, durably; raise when nothing was committed."""

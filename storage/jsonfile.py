@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import bisect
-import contextvars
 import logging
 import os
 import threading
@@ -33,13 +32,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import orjson
 from filelock import FileLock, Timeout
 
 from storage import journal
-from storage.base import Change, Describe, Record, Snapshot, Store, Table, Txn
+from storage.base import Change, Describe, GroupCommit, Pending, Record, Snapshot, Table, Txn
 from storage.errors import (
     CommitUnknownError,
     CorruptFileError,
@@ -62,28 +61,9 @@ from storage.files import (
 from storage.journal import stat_of
 from storage.upkeep import Upkeep
 
-T = TypeVar("T")
 log = logging.getLogger("library_api.storage")
 
 CHANGES_KEPT = 4096  # record changes kept in memory for callers that maintain their own indexes
-
-
-class _Pending:
-    """One updater waiting to be committed, and then its result or error."""
-
-    __slots__ = ("updater", "value", "error", "taken", "done")
-
-    def __init__(self, updater: Callable[[Txn], Any]) -> None:
-        self.updater = updater
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.taken = False  # a committing thread has it
-        self.done = threading.Event()
-
-    def outcome(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 @dataclass
@@ -93,7 +73,7 @@ class _Health:
     judged: tuple[int, int, str | None] | None = None  # (inode, size, verdict) of a file at its path
 
 
-class JsonStore(Upkeep, Store):
+class JsonStore(Upkeep, GroupCommit):
     """The collections of one data directory, kept as JSON files and a journal.
 
     :param directory: the data directory; created when missing.
@@ -135,12 +115,10 @@ class JsonStore(Upkeep, Store):
         self._checkpoint_idle = checkpoint_idle
         self._lock_timeout = lock_timeout
         # One thread of this process holds the file lock at a time (FileLock counts re-entries
-        # across threads), and the group-commit leader holds this while it waits for it.
-        self._commit_mutex = threading.RLock()
+        # across threads): the group-commit leader, holding the commit mutex while it waits for it.
+        self._start_queue()
         # Guards the in-memory state; held only for memory work and short reads of the journal.
         self._state = threading.RLock()
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Pending] = []
         self._appending = False
         self.failed_commits = 0  # callers that keep state in step with commits compare this
         self._health = _Health()
@@ -164,10 +142,8 @@ class JsonStore(Upkeep, Store):
     def _after_fork(self) -> None:
         """In a child process (gunicorn --preload): locks and threads are not inherited as they
         were, so take fresh ones; the journal's file descriptor stays valid."""
-        self._commit_mutex = threading.RLock()
+        self._start_queue()
         self._state = threading.RLock()
-        self._queue_lock = threading.Lock()
-        self._queue = []
         self._appending = False
         self._worker = None
         self._stop = threading.Event()
@@ -184,11 +160,6 @@ class JsonStore(Upkeep, Store):
                     except (CorruptFileError, OSError) as exc:  # readers keep the last good state
                         self._note_journal_problem(f"unreadable ({exc})")
         return self._snap
-
-    @property
-    def waiting_writes(self) -> int:
-        """How many updates of this process wait to be committed (the next group commit's size)."""
-        return len(self._queue)
 
     @property
     def seq(self) -> int:
@@ -224,21 +195,6 @@ class JsonStore(Upkeep, Store):
             lo = bisect.bisect_right(seqs, since)
             hi = bisect.bisect_right(seqs, until)
             return list(zip(seqs[lo:hi], self._change_list[lo:hi], strict=True))
-
-    def update(self, updater: Callable[[Txn], T]) -> T:
-        """See :meth:`Store.update`. Concurrent calls in one process are committed together: the
-        thread that gets the lock runs every updater waiting at that moment, each in its own child
-        transaction (so one that raises loses only its own changes), and appends them all with one
-        journal fsync. Updaters must not call :meth:`update` themselves, and must take what they
-        need as arguments: they may run on another thread."""
-        pending = _Pending(updater)
-        with self._queue_lock:
-            self._queue.append(pending)
-        with self._commit_mutex:
-            if not pending.taken:
-                self._commit_queue()
-        pending.done.wait()
-        return cast(T, pending.outcome())
 
     @contextmanager
     def exclusive(self) -> Iterator[Snapshot]:
@@ -334,40 +290,21 @@ class JsonStore(Upkeep, Store):
 
     # -- committing --------------------------------------------------------------------------
 
-    def _commit_queue(self) -> None:
-        """Run and commit every waiting updater, then wake their threads."""
-        with self._queue_lock:
-            batch, self._queue = self._queue, []
-        for item in batch:
-            item.taken = True
+    def _commit_batch(self, batch: list[Pending]) -> None:
+        """See :meth:`GroupCommit._commit_batch`: under the directory's lock, one journal append
+        and fsync for the whole batch."""
         try:
             with self._locked():
                 self._catch_up(locked=True)
                 self._check_files_locked()
                 base = Txn(self._snap)
-                for item in batch:
-                    child = base.child()
-                    try:
-                        # In a context of its own: an updater may run on another request's thread
-                        # (or the background one), so it gets its arguments and nothing ambient
-                        # (a web framework's request or app proxies fail loudly in it).
-                        item.value = contextvars.Context().run(item.updater, child)
-                        self._refuse_unwritable(child)
-                    except BaseException as exc:  # the updater's own failure: only it is refused
-                        item.error = exc
-                    else:
-                        base.merge(child)
+                self._run_updaters(base, batch, self._refuse_unwritable)
                 changes = base.changes()
                 if changes:
                     self._commit(changes, {name: base.next_id(name) for name in self.collections})
-        except BaseException as exc:  # nothing was committed: every updater in the batch fails
+        except BaseException:
             self.failed_commits += 1
-            for item in batch:
-                if item.error is None:
-                    item.error = exc
-        finally:
-            for item in batch:
-                item.done.set()
+            raise
 
     def _refuse_unwritable(self, txn: Txn) -> None:
         for collection in {c.collection for c in txn.changes()}:

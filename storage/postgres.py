@@ -31,7 +31,6 @@ servers starting at once apply each once, and the others wait and then go on.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 import os
 import tempfile
@@ -41,7 +40,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import orjson
 import psycopg
@@ -49,7 +48,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from storage.base import Change, Describe, Record, Snapshot, Store, Table, Txn
+from storage.base import Change, Describe, GroupCommit, Pending, Record, Snapshot, Table, Txn
 from storage.errors import (
     CommitUnknownError,
     JournalTruncatedError,
@@ -58,7 +57,6 @@ from storage.errors import (
     StoreUnavailableError,
 )
 
-T = TypeVar("T")
 log = logging.getLogger("library_api.storage")
 
 CHANGES_KEPT = 4096
@@ -155,25 +153,7 @@ _PUT_RECORD = (
 )
 
 
-class _Pending:
-    """One updater waiting to be committed, and then its result or error."""
-
-    __slots__ = ("updater", "value", "error", "taken", "done")
-
-    def __init__(self, updater: Callable[[Txn], Any]) -> None:
-        self.updater = updater
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.taken = False
-        self.done = threading.Event()
-
-    def outcome(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-class PgStore(Store):
+class PgStore(GroupCommit):
     """The collections of one PostgreSQL database.
 
     :param url: a libpq connection string (``postgresql://user:pass@host/db``).
@@ -230,13 +210,11 @@ class PgStore(Store):
 
     def _init_process_state(self) -> None:
         """Locks, pool and threads of this process (a forked child takes fresh ones)."""
-        self._commit_mutex = threading.RLock()
+        self._start_queue()
         # The connection whose transaction holds the commit lock for exclusive(), if a block runs:
-        # only the thread in that block (which holds _commit_mutex) commits through it.
+        # only the thread in that block (which holds the commit mutex) commits through it.
         self._held: psycopg.Connection | None = None
         self._state = threading.RLock()
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Pending] = []
         self._pool: ConnectionPool | None = None
         self._pool_pid = os.getpid()
         self._worker: threading.Thread | None = None
@@ -337,11 +315,6 @@ class PgStore(Store):
         except (StorageError, psycopg.Error) as exc:  # readers keep the last good state
             self._note_problem(exc)
         return self._snap
-
-    @property
-    def waiting_writes(self) -> int:
-        """How many updates of this process wait to be committed (the next group commit's size)."""
-        return len(self._queue)
 
     @property
     def seq(self) -> int:
@@ -563,23 +536,9 @@ class PgStore(Store):
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def update(self, updater: Callable[[Txn], T]) -> T:
-        """See :meth:`Store.update`. Concurrent calls in one process are committed together in one
-        database transaction, each updater in its own child transaction."""
-        pending = _Pending(updater)
-        with self._queue_lock:
-            self._queue.append(pending)
-        with self._commit_mutex:
-            if not pending.taken:
-                self._commit_queue()
-        pending.done.wait()
-        return cast(T, pending.outcome())
-
-    def _commit_queue(self) -> None:
-        with self._queue_lock:
-            batch, self._queue = self._queue, []
-        for item in batch:
-            item.taken = True
+    def _commit_batch(self, batch: list[Pending]) -> None:
+        """See :meth:`GroupCommit._commit_batch`: one database transaction for the whole batch,
+        holding the commit lock (or inside the exclusive() block that holds it)."""
         ran = False
         try:
             files = self._files_to_push()
@@ -589,31 +548,21 @@ class PgStore(Store):
                     self._lock_and_catch_up(conn)
                 base = Txn(self._snap)
                 ran = True
-                for item in batch:
-                    child = base.child()
-                    try:
-                        item.value = contextvars.Context().run(item.updater, child)
-                    except BaseException as exc:
-                        item.error = exc
-                    else:
-                        base.merge(child)
+                self._run_updaters(base, batch)
                 try:
                     self._commit_in(conn, base, files=files)
                 finally:
                     if held is not None:  # the commit (or its failure) ended the lock's transaction
                         conn.rollback()
                         self._lock_and_catch_up(conn)
-        except BaseException as exc:
+        except psycopg.Error as exc:
+            if ran:
+                self.failed_commits += 1
+            raise StoreUnavailableError(f"The database refused the change: {_reason(exc)}") from exc
+        except BaseException:
             if ran:  # updaters ran (and may have changed what callers keep in step): not committed
                 self.failed_commits += 1
-            if isinstance(exc, psycopg.Error):
-                exc = StoreUnavailableError(f"The database refused the change: {_reason(exc)}")
-            for item in batch:
-                if item.error is None:
-                    item.error = exc
-        finally:
-            for item in batch:
-                item.done.set()
+            raise
 
     def _commit_in(
         self,
