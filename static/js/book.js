@@ -1,7 +1,7 @@
 // One book: every field, a large cover, availability, and what the person on the page can do with it.
 
-import { api, get, isAtLeast, session, explain } from "./api.js";
-import { field, focus, formatDate, formatYear, h, put, remember } from "./dom.js";
+import { api, get, isAtLeast, session } from "./api.js";
+import { feedback, field, focus, formatDate, formatYear, h, put, remember } from "./dom.js";
 import { badge } from "./catalogue.js";
 import { memberName } from "./member.js";
 
@@ -29,30 +29,7 @@ export function memberPicker(label = "Member") {
 
 export function bookView(root, bookId, go) {
   let alive = true;
-  const status = h("p", { class: "result", role: "status", "data-testid": "result" });
-  const refusal = h("p", { class: "error", role: "alert", "data-testid": "refusal" });
-
-  function say(text) {
-    refusal.textContent = "";
-    status.textContent = text;
-  }
-
-  function refuse(what, err) {
-    status.textContent = "";
-    refusal.textContent = what + ": " + explain(err);
-  }
-
-  async function act(what, fn, done) {
-    try {
-      const result = await fn();
-      say(done(result));
-      await load();
-      focus(status);
-    } catch (err) {
-      refuse(what, err);
-      focus(refusal);
-    }
-  }
+  const { status, refusal, refuse, act } = feedback(() => load());
 
   async function load() {
     let book;

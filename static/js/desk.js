@@ -1,8 +1,8 @@
 // The librarian's desk: members (enrol, payments, roles), loans and holds with their filters, the
 // overview with its charts, and imports.
 
-import { api, get, isAtLeast, session, explain } from "./api.js";
-import { $, field, focus, formatDate, h, money, s, showFieldErrors, put, remember } from "./dom.js";
+import { api, get, isAtLeast, session } from "./api.js";
+import { $, feedback, field, focus, formatDate, h, money, s, showFieldErrors, put, remember } from "./dom.js";
 import { memberName, titleOf } from "./member.js";
 
 function table(caption, heads, rows, empty) {
@@ -80,22 +80,7 @@ export function membersView(root, params, go) {
 
 export function memberView(root, memberId) {
   let alive = true;
-  const status = h("p", { class: "result", role: "status", "data-testid": "result" });
-  const refusal = h("p", { class: "error", role: "alert", "data-testid": "refusal" });
-
-  async function act(what, fn, done) {
-    try {
-      const result = await fn();
-      refusal.textContent = "";
-      status.textContent = done(result);
-      await load();
-      focus(status);
-    } catch (err) {
-      status.textContent = "";
-      refusal.textContent = what + ": " + explain(err);
-      focus(refusal);
-    }
-  }
+  const { status, refusal, act } = feedback(() => load());
 
   async function load() {
     let member, loans;

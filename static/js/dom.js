@@ -1,6 +1,8 @@
 // Building the page from data: every piece of text from the API goes in as text (textContent or an
 // attribute), never as HTML.
 
+import { explain } from "./api.js";
+
 /** An element: h("p", { class: "note", "data-testid": "x", onclick: fn }, "text", child, ...). */
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -116,4 +118,32 @@ export function remember(el) {
     if (!again.matches("a, button, input, select, textarea, [tabindex]")) again.setAttribute("tabindex", "-1");
     again.focus({ preventScroll: true });
   };
+}
+
+/** A view's two lines of feedback: what an action did, and why it was refused (the server's
+ * detail). act(what, fn, done) runs fn, says done(result), reloads the view and moves the focus
+ * to what it says; a refusal is shown as "what: detail" instead, with the focus on it. */
+export function feedback(reload) {
+  const status = h("p", { class: "result", role: "status", "data-testid": "result" });
+  const refusal = h("p", { class: "error", role: "alert", "data-testid": "refusal" });
+  function say(text) {
+    refusal.textContent = "";
+    status.textContent = text;
+  }
+  function refuse(what, err) {
+    status.textContent = "";
+    refusal.textContent = what + ": " + explain(err);
+  }
+  async function act(what, fn, done) {
+    try {
+      const result = await fn();
+      say(done(result));
+      await reload();
+      focus(status);
+    } catch (err) {
+      refuse(what, err);
+      focus(refusal);
+    }
+  }
+  return { status, refusal, say, refuse, act };
 }

@@ -1,8 +1,8 @@
 // A member's own page: loans with due dates and the fine so far, holds with the queue position,
 // fines due; renew, return and cancel from here.
 
-import { api, get, session, explain } from "./api.js";
-import { focus, formatDate, h, money, put, remember } from "./dom.js";
+import { api, get, session } from "./api.js";
+import { feedback, formatDate, h, money, put, remember } from "./dom.js";
 
 const titles = new Map();
 
@@ -34,22 +34,7 @@ export async function memberName(memberId) {
 
 export function myView(root) {
   let alive = true;
-  const status = h("p", { class: "result", role: "status", "data-testid": "result" });
-  const refusal = h("p", { class: "error", role: "alert", "data-testid": "refusal" });
-
-  async function act(what, fn, done) {
-    try {
-      const result = await fn();
-      refusal.textContent = "";
-      status.textContent = done(result);
-      await load();
-      focus(status);
-    } catch (err) {
-      status.textContent = "";
-      refusal.textContent = what + ": " + explain(err);
-      focus(refusal);
-    }
-  }
+  const { status, refusal, act } = feedback(() => load());
 
   async function load() {
     const me = session.me;
