@@ -477,7 +477,7 @@ class Server(Managed):
         on its data directory) and sign them in with ``POST /auth/login``; returns the bearer token."""
         password = secrets.token_urlsafe(24)
         command = [sys.executable, "-m", "flask", "--app", "library_api", "create-admin", BENCH_EMAIL,
-                   "--password", password]  # fmt: skip
+                   "--password", password, "--name", "Bench Librarian"]  # fmt: skip
         try:
             made = subprocess.run(
                 command, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
