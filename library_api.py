@@ -50,6 +50,7 @@ from library.web import register_blueprints
 from library.web.books import file_name
 from library.web.http import (
     CloseUnreadBodies,
+    FreshReads,
     IdConverter,
     LibraryRequest,
     OrjsonProvider,
@@ -330,6 +331,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         direct=lambda path: readmodel.answer_book(library_store, path),
     )
     app.wsgi_app = DataDirectoryGuard(app.wsgi_app, Path(library_store.directory))  # type: ignore[method-assign]
+    app.wsgi_app = FreshReads(app.wsgi_app)  # type: ignore[method-assign]
     app.wsgi_app = CloseUnreadBodies(app.wsgi_app)  # type: ignore[method-assign]  # outermost: gets gunicorn's start_response
     app.cli.add_command(load_books_command)
     app.cli.add_command(remove_sample_command)

@@ -176,15 +176,40 @@ def _whole(value: Any) -> bool:
     return type(value) is int
 
 
+VERIFIED_KEPT = 4096
+"""How many verified tokens each process remembers (a token is checked once, then looked up)."""
+_verified: dict[tuple[bytes, str, str, int | None], tuple[float, Claims]] = {}
+
+
 def read_token(secret: bytes, token: str, library: Mapping[str, Any], max_ttl: int | None = None) -> Claims:
     """The member id, token version and generation a token carries, after checking its signature,
     expiry, and that ``library`` (its identity record) issued it.
+
+    A token that passed once is remembered with its expiry: signature and claims cannot change
+    for the same text and key, so later requests only check the expiry and the generation.
 
     :param max_ttl: the longest lifetime a token may claim (``exp`` - ``iat``), in seconds.
     :raises TokenError: when the token is malformed, not HS256, signed with another key, expired,
         issued by another library or for another, missing a claim, holding a claim of the wrong
         type, or claiming a lifetime past ``max_ttl``.
     """
+    key = (secret, token, str(library["identity"]), max_ttl)
+    known = _verified.get(key)
+    if known is None:
+        known = _verify(secret, token, library, max_ttl)
+        if len(_verified) >= VERIFIED_KEPT:
+            _verified.clear()
+        _verified[key] = known
+    expires, claims = known
+    if expires <= datetime.now(UTC).timestamp():  # as PyJWT: expired from the second of ``exp``
+        raise TokenError("The token has expired; sign in again")
+    if claims.generation != library["generation"]:
+        raise TokenError("The token is no longer valid; sign in again")
+    return claims
+
+
+def _verify(secret: bytes, token: str, library: Mapping[str, Any], max_ttl: int | None) -> tuple[float, Claims]:
+    """:func:`read_token`'s checks that hold for good once passed: the token's expiry and claims."""
     try:
         claims = jwt.decode(
             token,
@@ -205,9 +230,7 @@ def read_token(secret: bytes, token: str, library: Mapping[str, Any], max_ttl: i
         raise TokenError("The token is not valid; sign in again")
     if not (isinstance(sub, str) and sub.isascii() and sub.isdigit() and _whole(ver) and _whole(gen)):
         raise TokenError("The token is not valid; sign in again")
-    if gen != library["generation"]:
-        raise TokenError("The token is no longer valid; sign in again")
-    return Claims(int(sub), ver, gen)
+    return float(int(exp)), Claims(int(sub), ver, gen)
 
 
 # -- the lockout -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import contextvars
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -344,6 +344,24 @@ class Txn:
         return {**self.parent._all_changes(), **self._changes}
 
 
+READS_SINCE: contextvars.ContextVar[float | None] = contextvars.ContextVar("library_reads_since", default=None)
+"""The moment (``time.monotonic()``) from which the reads of this context must see every commit: a
+web request sets its arrival, so every read it makes is at least as fresh as the request (what a
+client that wrote elsewhere just before expects), and a store that has to ask a server whether
+anything changed (PostgreSQL) asks once for all the reads of the request, and once for every
+request that arrived while it asked. Unset: each read must be as fresh as its own call."""
+
+
+@contextmanager
+def reads_since(moment: float) -> Iterator[None]:
+    """Within the block, :meth:`Store.snapshot` may answer with state checked at or after ``moment``."""
+    token = READS_SINCE.set(moment)
+    try:
+        yield
+    finally:
+        READS_SINCE.reset(token)
+
+
 Describe = Callable[[list[Change], Snapshot], list[dict[str, Any] | None]]
 """Turns a transaction's changes into the public events (or None) published for each of them,
 given the snapshot after the transaction."""
@@ -354,7 +372,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def snapshot(self) -> Snapshot:
-        """The current state, re-validated against what other processes (or a person) wrote.
+        """The current state, re-validated against what other processes (or a person) wrote: it
+        holds every commit acknowledged before the call (or before :data:`READS_SINCE`, when set).
 
         :raises CorruptFileError: when a data file changed into something that cannot be read and no
             earlier state of it is known to this process.

@@ -45,10 +45,9 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from storage.base import Change, Describe, GroupCommit, Pending, Record, Snapshot, Table, Txn
+from storage.base import READS_SINCE, Change, Describe, GroupCommit, Pending, Record, Snapshot, Table, Txn
 from storage.errors import (
     CommitUnknownError,
     JournalTruncatedError,
@@ -136,21 +135,50 @@ def migrate(url: str, timeout: float = 60.0) -> int:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_KEY,))
 
 
-def _loads(data: Any) -> Any:
-    return orjson.loads(data) if isinstance(data, (bytes, bytearray, memoryview, str)) else data
-
-
-def _jsonb(value: Any) -> Jsonb:
-    return Jsonb(value, dumps=lambda v: orjson.dumps(v).decode())
-
-
 _CHANGES_AFTER = "SELECT seq, collection, id, record::text FROM library_changes WHERE seq > %s ORDER BY seq"
-_FILES_AFTER = "SELECT name, data, seq FROM library_files WHERE seq > %s ORDER BY seq"
-_INSERT_CHANGE = "INSERT INTO library_changes (seq, collection, id, record, event) VALUES (%s, %s, %s, %s, %s)"
-_PUT_RECORD = (
-    "INSERT INTO library_records (collection, id, record, seq) VALUES (%s, %s, %s, %s) "
-    "ON CONFLICT (collection, id) DO UPDATE SET record = excluded.record, seq = excluded.seq"
+# The head and the changes after ours in one statement (so in one snapshot of the database: every
+# change up to the head's seq is in the answer) and one round trip; one row when nothing changed.
+_HEAD_AND_CHANGES = (
+    "SELECT s.seq, s.files, s.floor, c.seq, c.collection, c.id, c.record::text FROM library_seq s "
+    "LEFT JOIN library_changes c ON c.seq > %s AND c.seq <= s.seq AND s.floor <= %s ORDER BY c.seq"
 )
+_FILES_AFTER = "SELECT name, data, seq FROM library_files WHERE seq > %s ORDER BY seq"
+# A commit's writes in one statement (the changes, the records put and deleted, the next ids, the
+# head and its notification), the changes as one JSON document: the time the commit lock is held
+# does not grow with a statement per record, and each record is parsed once, by PostgreSQL.
+_COMMIT = """
+WITH batch AS (
+    SELECT * FROM jsonb_to_recordset(%(changes)s::jsonb)
+        AS t(seq bigint, collection text, id bigint, record jsonb, event jsonb)
+), changed AS (
+    INSERT INTO library_changes (seq, collection, id, record, event)
+    SELECT seq, collection, id, record, event FROM batch
+), put AS (
+    INSERT INTO library_records (collection, id, record, seq)
+    SELECT collection, id, record, seq FROM batch WHERE record IS NOT NULL
+    ON CONFLICT (collection, id) DO UPDATE SET record = excluded.record, seq = excluded.seq
+), gone AS (
+    DELETE FROM library_records d USING batch b
+    WHERE b.record IS NULL AND d.collection = b.collection AND d.id = b.id
+), next_ids AS (
+    INSERT INTO library_next_ids (collection, next_id)
+    SELECT key, value::bigint FROM jsonb_each_text(%(next_ids)s::jsonb)
+    ON CONFLICT (collection) DO UPDATE SET next_id = GREATEST(library_next_ids.next_id, excluded.next_id)
+), head AS (
+    UPDATE library_seq SET seq = %(seq)s
+)
+SELECT pg_notify(%(channel)s, %(seq)s::text)
+"""
+
+
+RACY_NS = 2_000_000_000
+"""A folder whose time was less than this (ns) older than the moment it was looked at is read again
+at the next commit: a file written in the same tick of the file system's clock as that look leaves
+the folder's time as it was."""
+
+FoundFiles = tuple[list[tuple[str, Path, tuple[int, int]]], list[str], tuple[int, tuple[int, ...]]]
+"""What :meth:`PgStore._files_to_push` found: the files changed (name, path, size and mtime), the
+names removed, and when the folders' times were taken, with those times (before they were read)."""
 
 
 class PgStore(GroupCommit):
@@ -201,6 +229,8 @@ class PgStore(GroupCommit):
         self._snap = Snapshot(0, {name: Table(name, Snapshot(0, {}).records(name), 1, 0) for name in self.collections})
         self._files_seq = 0
         self._pushed: dict[str, tuple[int, int]] = {}
+        # When the folders' times were taken at the last look that left nothing to push, and those times
+        self._scanned: tuple[int, tuple[int, ...]] = (0, ())
         self._reset_memory(0)
         self._load()
         if initial is not None:
@@ -215,6 +245,10 @@ class PgStore(GroupCommit):
         # only the thread in that block (which holds the commit mutex) commits through it.
         self._held: psycopg.Connection | None = None
         self._state = threading.RLock()
+        # One freshness check at a time: a reader that arrives while one is on its way waits for the
+        # next, which answers every reader that waited (under load, one query for many requests).
+        self._check_mutex = threading.Lock()
+        self._checked_at = float("-inf")  # when the last check that ended was sent (monotonic)
         self._pool: ConnectionPool | None = None
         self._pool_pid = os.getpid()
         self._worker: threading.Thread | None = None
@@ -233,7 +267,9 @@ class PgStore(GroupCommit):
                         timeout=self._lock_timeout,
                         open=True,
                         name="library",
-                        kwargs={"autocommit": False},
+                        # Reads are single statements (one round trip each); writes open their
+                        # transaction themselves, with BEGIN in the pipeline of their first statements.
+                        kwargs={"autocommit": True},
                         configure=self._configure,
                     )
                     self._pool_pid = os.getpid()
@@ -243,7 +279,6 @@ class PgStore(GroupCommit):
         """A new pooled connection: how long any statement waits for a lock (the commit lock above
         all), set once here rather than in every transaction."""
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(self._lock_timeout * 1000)}ms",))
-        conn.commit()
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection]:
@@ -265,7 +300,7 @@ class PgStore(GroupCommit):
     def _load(self) -> None:
         """Read every record (at start, or when this process fell behind the changes kept)."""
         with self._conn() as conn:
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             seq, files_seq = conn.execute("SELECT seq, files FROM library_seq").fetchone()
             items: dict[str, list[tuple[int, Record]]] = {name: [] for name in self.collections}
             last: dict[str, int] = {name: 0 for name in self.collections}
@@ -298,6 +333,7 @@ class PgStore(GroupCommit):
             initial(txn)
 
         with self._commit_mutex, self._conn() as conn:
+            conn.execute("BEGIN")
             row = conn.execute("SELECT filled FROM library_seq FOR UPDATE").fetchone()
             if row[0]:
                 conn.rollback()
@@ -308,13 +344,28 @@ class PgStore(GroupCommit):
             self._commit_in(conn, base, extra="UPDATE library_seq SET filled = true")
 
     def snapshot(self) -> Snapshot:
-        try:
-            with self._conn() as conn:
-                self._catch_up_in(conn)
-                conn.rollback()
-        except (StorageError, psycopg.Error) as exc:  # readers keep the last good state
-            self._note_problem(exc)
+        """See :meth:`Store.snapshot`: one query (the head and any changes after ours), unless a
+        check sent after the moment asked about (:data:`READS_SINCE`, or now) has already ended."""
+        asked = READS_SINCE.get()
+        if asked is None:
+            asked = time.monotonic()
+        if self._checked_at >= asked:
+            return self._snap
+        with self._check_mutex:
+            if self._checked_at < asked:
+                sent = time.monotonic()
+                try:
+                    with self._conn() as conn:
+                        self._catch_up_in(conn)
+                except (StorageError, psycopg.Error) as exc:  # readers keep the last good state
+                    self._note_problem(exc)
+                self._checked(sent)
         return self._snap
+
+    def _checked(self, sent: float) -> None:
+        """A check (or the lock of a commit) sent at ``sent`` has brought the snapshot up to date."""
+        if sent > self._checked_at:
+            self._checked_at = sent
 
     @property
     def seq(self) -> int:
@@ -326,21 +377,18 @@ class PgStore(GroupCommit):
         with self._state:
             since = self._snap.seq
             files_since = self._files_seq
-        seq, files_seq, floor = conn.execute("SELECT seq, files, floor FROM library_seq").fetchone()
+        answer = conn.execute(_HEAD_AND_CHANGES, (since, since)).fetchall()
+        seq, files_seq, floor = answer[0][:3]
         if seq == since and files_seq == files_since:
             self._problem = None
             return
         if since < floor:
             self._fell_behind(since, floor)
             return
-        rows = []
-        if seq != since:
-            rows = conn.execute(_CHANGES_AFTER, (since,)).fetchall()
+        rows = [row[3:] for row in answer if row[3] is not None]
         # After the changes: a file is committed with (or before) the first change naming it, so
         # every file a change read above names is in this answer.
-        files = []
-        if files_seq != files_since or rows:
-            files = conn.execute(_FILES_AFTER, (files_since,)).fetchall()
+        files = conn.execute(_FILES_AFTER, (files_since,)).fetchall() if files_seq != files_since else []
         self._take_in(rows, files, files_seq)
 
     def _lock_and_catch_up(self, conn: psycopg.Connection) -> None:
@@ -351,8 +399,10 @@ class PgStore(GroupCommit):
         with self._state:
             since = self._snap.seq
             files_since = self._files_seq
+        sent = time.monotonic()
         try:
             with conn.pipeline():
+                conn.execute("BEGIN")
                 head = conn.execute("SELECT seq, files, floor FROM library_seq FOR UPDATE")
                 changes = conn.execute(_CHANGES_AFTER, (since,))
                 news = conn.execute(_FILES_AFTER, (files_since,))
@@ -362,12 +412,12 @@ class PgStore(GroupCommit):
         seq, files_seq, floor = head.fetchone()
         if since < floor:
             self._fell_behind(since, floor)
-            return
-        rows, files = changes.fetchall(), news.fetchall()
-        if seq == since and files_seq == files_since:
+        else:
+            rows, files = changes.fetchall(), news.fetchall()
+            if seq != since or files_seq != files_since:
+                self._take_in(rows, files, files_seq)
             self._problem = None
-            return
-        self._take_in(rows, files, files_seq)
+        self._checked(sent)
 
     def _fell_behind(self, since: int, floor: int) -> None:
         log.warning("this process fell behind the changes kept (%d < %d): reloading", since, floor)
@@ -436,7 +486,6 @@ class PgStore(GroupCommit):
         with self._conn() as conn:
             floor = conn.execute("SELECT floor FROM library_seq").fetchone()[0]
             if since < floor or since > current:
-                conn.rollback()
                 raise JournalTruncatedError(
                     f"The journal holds the changes after seq {floor} up to {current}, not those "
                     f"after {since}; reload the catalogue and follow on from its ETag"
@@ -446,7 +495,6 @@ class PgStore(GroupCommit):
                 "ORDER BY seq LIMIT %s",
                 (since, current, limit + 1),
             ).fetchall()
-            conn.rollback()
         chosen = [
             (seq, b'{"seq":%d,' % seq + text[1:].encode() if text != "{}" else b'{"seq":%d}' % seq)
             for seq, text in rows[:limit]
@@ -481,10 +529,32 @@ class PgStore(GroupCommit):
             st = path.stat()
             self._pushed[name] = (st.st_size, st.st_mtime_ns)
 
-    def _files_to_push(self) -> tuple[list[tuple[str, Path, tuple[int, int]]], list[str]]:
+    def _folder_stamps(self) -> tuple[int, ...]:
+        """The modification times of the folders whose files are kept in the database: a file
+        written (ours are renamed into place), renamed or removed there changes its folder's."""
+        stamps = []
+        for folder in (self.directory, *(self.directory / name for name in FILE_FOLDERS)):
+            try:
+                stamps.append(os.stat(folder).st_mtime_ns)
+            except FileNotFoundError:
+                stamps.append(0)
+        return tuple(stamps)
+
+    def _files_to_push(self) -> FoundFiles:
         """The files this process wrote (with their size and mtime) or removed since they were last
         put into the database. Looked for before the commit lock is taken: a request writes its
-        file before it asks for the commit that names it."""
+        file before it asks for the commit that names it.
+
+        The folders are only read when one of them changed since the last look, or changed so
+        recently that a change in the same tick of the file system's clock could hide behind the
+        same time (as git treats "racy" files): a commit costs the change, not every cover kept."""
+        taken = time.time_ns()
+        stamps = self._folder_stamps()
+        # Unchanged since a look at a moment when they were already older than a tick of the file
+        # system's clock: any change since would have given a folder a newer time.
+        looked, times = self._scanned
+        if stamps == times and all(stamp < looked - RACY_NS for stamp in stamps):
+            return [], [], (taken, stamps)
         seen = set()
         changed = []
         with self._state:  # a catch-up writing another server's files records them when done
@@ -499,16 +569,17 @@ class PgStore(GroupCommit):
                 if self._pushed.get(name) != (st.st_size, st.st_mtime_ns):
                     changed.append((name, path, (st.st_size, st.st_mtime_ns)))
             removed = [name for name in self._pushed if name not in seen]
-        return changed, removed
+        # The times were taken before the folders were read (what changed while they were is
+        # looked for again); they are kept once everything found is in the database.
+        return changed, removed, (taken, stamps)
 
-    def _push_files(
-        self, conn: psycopg.Connection, found: tuple[list[tuple[str, Path, tuple[int, int]]], list[str]] | None = None
-    ) -> Callable[[], None]:
+    def _push_files(self, conn: psycopg.Connection, found: FoundFiles | None = None) -> Callable[[], None]:
         """Put the files found by :meth:`_files_to_push` into the database, in the commit's
         transaction (so they are there before anything that names them). Commit lock held.
         Returns what to call once the transaction is committed."""
-        changed, removed = found if found is not None else self._files_to_push()
+        changed, removed, stamps = found if found is not None else self._files_to_push()
         if not changed and not removed:
+            self._scanned = stamps
             return lambda: None
         files_seq = conn.execute("UPDATE library_seq SET files = files + 1 RETURNING files").fetchone()[0]
         for name, path, _stamp in changed:
@@ -527,6 +598,7 @@ class PgStore(GroupCommit):
                 for name in removed:
                     self._pushed.pop(name, None)
                 self._files_seq = max(self._files_seq, files_seq)
+                self._scanned = stamps
 
         return committed
 
@@ -569,7 +641,7 @@ class PgStore(GroupCommit):
         conn: psycopg.Connection,
         base: Txn,
         extra: str | None = None,
-        files: tuple[list[tuple[str, Path, tuple[int, int]]], list[str]] | None = None,
+        files: FoundFiles | None = None,
     ) -> None:
         """Write ``base``'s changes with their seqs and commit. The commit lock is held."""
         changes = base.changes()
@@ -597,42 +669,27 @@ class PgStore(GroupCommit):
         try:
             with conn.pipeline():
                 if numbered:
-                    with conn.cursor() as cur:
-                        cur.executemany(
-                            _INSERT_CHANGE,
-                            [
-                                (
-                                    s,
-                                    c.collection,
-                                    c.id,
-                                    None if c.after is None else _jsonb(c.after),
-                                    None if e is None else _jsonb(e),
-                                )
-                                for (s, c), e in zip(numbered, events, strict=True)
-                            ],
-                        )
-                        puts = [(c.collection, c.id, _jsonb(c.after), s) for s, c in numbered if c.after is not None]
-                        if puts:
-                            cur.executemany(
-                                _PUT_RECORD,
-                                puts,
-                            )
-                        deletes = [(c.collection, c.id) for _, c in numbered if c.after is None]
-                        if deletes:
-                            cur.executemany("DELETE FROM library_records WHERE collection = %s AND id = %s", deletes)
-                    moved = [(n, i) for n, i in next_ids.items() if i > old.tables[n].next_id]
-                    if moved:
-                        conn.cursor().executemany(
-                            "INSERT INTO library_next_ids (collection, next_id) VALUES (%s, %s) "
-                            "ON CONFLICT (collection) DO UPDATE "
-                            "SET next_id = GREATEST(library_next_ids.next_id, excluded.next_id)",
-                            moved,
-                        )
-                    conn.execute("UPDATE library_seq SET seq = %s", (seq,))
-                    conn.execute(sql.SQL("NOTIFY {}, {}").format(sql.Identifier(CHANNEL), sql.Literal(str(seq))))
+                    rows = []
+                    for (number, change), event in zip(numbered, events, strict=True):
+                        row = {"seq": number, "collection": change.collection, "id": change.id}
+                        if change.after is not None:  # absent: the record was deleted
+                            row["record"] = change.after
+                        if event is not None:
+                            row["event"] = event
+                        rows.append(row)
+                    moved = {n: i for n, i in next_ids.items() if i > old.tables[n].next_id}
+                    conn.execute(
+                        _COMMIT,
+                        {
+                            "changes": orjson.dumps(rows).decode(),
+                            "next_ids": orjson.dumps(moved).decode(),
+                            "seq": seq,
+                            "channel": CHANNEL,
+                        },
+                    )
                 if extra:
                     conn.execute(extra)
-                conn.commit()
+                conn.execute("COMMIT")
         except psycopg.OperationalError as exc:
             message = (
                 f"The database connection broke while saving a change ({_reason(exc)}); whether it was kept is "
@@ -673,10 +730,11 @@ class PgStore(GroupCommit):
                 seq = conn.execute("SELECT seq FROM library_seq").fetchone()[0]
                 floor = seq - self._journal_keep
                 if floor > 0:
+                    conn.execute("BEGIN")
                     conn.execute("SET LOCAL lock_timeout = '1s'")
                     conn.execute("UPDATE library_seq SET floor = GREATEST(floor, %s)", (floor,))
                     conn.execute("DELETE FROM library_changes WHERE seq <= %s", (floor,))
-                conn.commit()
+                    conn.execute("COMMIT")
         except (StorageError, psycopg.Error) as exc:
             log.debug("maintenance: %s", exc)
 
@@ -740,7 +798,6 @@ class PgStore(GroupCommit):
         try:
             with self._conn() as conn:
                 conn.execute("SELECT 1")
-                conn.rollback()
             self._problem = None
         except (StorageError, psycopg.Error) as exc:
             self._note_problem(exc)
@@ -773,7 +830,7 @@ class PgStore(GroupCommit):
         with self._commit_mutex, self._conn() as conn:
             self._lock_and_catch_up(conn)
             committed = self._push_files(conn)
-            conn.commit()
+            conn.execute("COMMIT")
             committed()
 
 

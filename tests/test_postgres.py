@@ -4,6 +4,7 @@ of either store restoring into the other, and files shared between the processes
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -159,3 +160,31 @@ def test_a_write_that_timed_out_waiting_for_the_lock_ran_nothing_and_fails_no_co
     finally:
         holder.close()
         waiter.close()
+
+
+def test_a_file_written_in_the_same_tick_as_the_last_look_still_reaches_the_other_server(tmp_path):
+    """A commit reads the files folder only when it changed (or changed so recently that a file
+    written in the same tick of the file system's clock would leave its time as it was)."""
+    from library.records import COLLECTIONS
+    from storage.postgres import PgStore
+
+    url = fresh_database(str(tmp_path))
+    one = PgStore(url, COLLECTIONS, directory=tmp_path / "one")
+    two = PgStore(url, COLLECTIONS, directory=tmp_path / "two")
+    try:
+        uploads = tmp_path / "one" / "uploads"
+        uploads.mkdir()
+        one.update(lambda txn: txn.insert("books", {"title": "A"}))  # a look: nothing to share
+        tick = uploads.stat().st_mtime_ns
+        (uploads / "cover.png").write_bytes(PNG)
+        os.utime(uploads, ns=(tick, tick))  # as a change in the same tick leaves it
+        one.update(lambda txn: txn.insert("books", {"title": "B"}))
+        two.snapshot()
+        assert (tmp_path / "two" / "uploads" / "cover.png").read_bytes() == PNG
+        (uploads / "cover.png").unlink()  # removed: gone from the database at the next commit
+        one.update(lambda txn: txn.insert("books", {"title": "C"}))
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM library_files WHERE name = 'uploads/cover.png'").fetchone() == (0,)
+    finally:
+        one.close()
+        two.close()

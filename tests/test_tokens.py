@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import time
+from datetime import datetime, timedelta
 
 import jwt
 import orjson
@@ -183,3 +184,21 @@ def test_a_member_written_without_a_token_version_signs_in(app):
     person = {"email": "hand@example.org", "first_name": "H", "last_name": "E", "role": "member"}
     member = store.update(lambda txn: txn.insert("members", person))  # as a person adds one by hand
     assert app.test_client().get("/members/me", headers=bearer(token_for(app, member))).status_code == 200
+
+
+def test_a_token_accepted_before_is_refused_once_it_has_expired(app, monkeypatch):
+    add_member(app, "m@example.org", "member")
+    token = signed(app, exp=int(time.time()) + 60)
+    client = app.test_client()
+    assert client.get("/members/me", headers=bearer(token)).status_code == 200
+    assert client.get("/members/me", headers=bearer(token)).status_code == 200  # the remembered check
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + timedelta(seconds=61)
+
+    monkeypatch.setattr(auth, "datetime", Later)
+    refused = client.get("/members/me", headers=bearer(token))
+    assert refused.status_code == 401
+    assert refused.get_json()["detail"] == "The token has expired; sign in again"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from library.schemas import (
 from storage import (
     StoreUnavailableError,
 )
+from storage.base import reads_since
 
 log = logging.getLogger("library_api")
 
@@ -125,6 +127,22 @@ class CloseUnreadBodies:
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
 
         return self.app(environ, start)
+
+
+class FreshReads:
+    """WSGI middleware: every read a request makes sees what was committed before it arrived, on
+    any app server, and no fresher state is needed (so a store shared by several servers asks the
+    database once per request, not once per read). A websocket, whose reads go on for as long as it
+    is open, is left out: each of its reads is as fresh as its own call."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("HTTP_UPGRADE"):
+            return self.app(environ, start_response)
+        with reads_since(time.monotonic()):
+            return self.app(environ, start_response)
 
 
 def query_args(schema: BookQuerySchema) -> dict[str, Any]:

@@ -31,6 +31,9 @@ def init_limits(app: Flask) -> Limiter:
         strategy="moving-window",
         headers_enabled=False,  # the 429 problem carries its own Retry-After
     )
+    # The limited views' wrappers check their limits themselves; the check flask-limiter also runs
+    # before every request is for default and application-wide limits, which this app has none of.
+    app.before_request_funcs[None].remove(limiter._check_request_limit)
     for endpoint, setting in LIMITED.items():
         value = str(app.config[setting] or "").strip()
         if value:
