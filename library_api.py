@@ -53,6 +53,7 @@ from library.web.http import (
     FreshReads,
     IdConverter,
     LibraryRequest,
+    NoSessions,
     OrjsonProvider,
     drop_spools,
     safe_headers,
@@ -240,6 +241,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the application: settings, storage, errors, routes, commands."""
     app = Flask(__name__, instance_relative_config=True, static_folder=str(HERE / "static"))
     app.request_class = LibraryRequest
+    app.session_interface = NoSessions()
     app.config.from_mapping({s.name: s.default for s in SETTINGS})
     app.config.from_prefixed_env("LIBRARY")
     if test_config:

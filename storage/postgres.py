@@ -99,6 +99,36 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX library_files_seq ON library_files (seq);
     """,
+    # 2: the commit lock and what was committed before it was granted, in one call. Each query of
+    # a VOLATILE function takes a snapshot of its own, so the changes and files are read after the
+    # lock is granted: they hold every commit made before ours.
+    """
+    CREATE FUNCTION library_lock(since bigint, files_since bigint)
+    RETURNS TABLE (seq bigint, files bigint, floor bigint, change_seq bigint, collection text, id bigint,
+                   record text, file_name text, file_data bytea, file_seq bigint)
+    LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        head library_seq%ROWTYPE;
+    BEGIN
+        SELECT * INTO head FROM library_seq s FOR UPDATE;
+        RETURN QUERY SELECT head.seq, head.files, head.floor, NULL::bigint, NULL::text, NULL::bigint,
+                            NULL::text, NULL::text, NULL::bytea, NULL::bigint;
+        IF since < head.floor THEN
+            RETURN;
+        END IF;
+        IF head.seq <> since THEN
+            RETURN QUERY SELECT head.seq, head.files, head.floor, c.seq, c.collection, c.id, c.record::text,
+                                NULL::text, NULL::bytea, NULL::bigint
+                         FROM library_changes c WHERE c.seq > since ORDER BY c.seq;
+        END IF;
+        IF head.files <> files_since THEN
+            RETURN QUERY SELECT head.seq, head.files, head.floor, NULL::bigint, NULL::text, NULL::bigint,
+                                NULL::text, f.name, f.data, f.seq
+                         FROM library_files f WHERE f.seq > files_since ORDER BY f.seq;
+        END IF;
+    END
+    $$;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -135,7 +165,6 @@ def migrate(url: str, timeout: float = 60.0) -> int:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_KEY,))
 
 
-_CHANGES_AFTER = "SELECT seq, collection, id, record::text FROM library_changes WHERE seq > %s ORDER BY seq"
 # The head and the changes after ours in one statement (so in one snapshot of the database: every
 # change up to the head's seq is in the answer) and one round trip; one row when nothing changed.
 _HEAD_AND_CHANGES = (
@@ -393,9 +422,9 @@ class PgStore(GroupCommit):
 
     def _lock_and_catch_up(self, conn: psycopg.Connection) -> None:
         """Take the commit lock (the one row of library_seq) in ``conn``'s transaction and apply
-        what was committed after this process's snapshot, in one round trip: the lock, then the
-        changes and files after ours, read once the lock is held (so nothing can be committed
-        between them and our commit)."""
+        what was committed after this process's snapshot, in one round trip and one call
+        (``library_lock``): the lock, then the changes and files after ours, read once the lock is
+        held (so nothing can be committed between them and our commit)."""
         with self._state:
             since = self._snap.seq
             files_since = self._files_seq
@@ -403,19 +432,19 @@ class PgStore(GroupCommit):
         try:
             with conn.pipeline():
                 conn.execute("BEGIN")
-                head = conn.execute("SELECT seq, files, floor FROM library_seq FOR UPDATE")
-                changes = conn.execute(_CHANGES_AFTER, (since,))
-                news = conn.execute(_FILES_AFTER, (files_since,))
+                answer = conn.execute("SELECT * FROM library_lock(%s, %s)", (since, files_since))
+            rows = answer.fetchall()
         except psycopg.errors.LockNotAvailable as exc:
             conn.rollback()
             raise LockTimeoutError(f"The database stayed locked for more than {self._lock_timeout:g} s") from exc
-        seq, files_seq, floor = head.fetchone()
+        seq, files_seq, floor = rows[0][:3]
         if since < floor:
             self._fell_behind(since, floor)
         else:
-            rows, files = changes.fetchall(), news.fetchall()
             if seq != since or files_seq != files_since:
-                self._take_in(rows, files, files_seq)
+                changes = [row[3:7] for row in rows if row[3] is not None]
+                files = [row[7:10] for row in rows if row[7] is not None]
+                self._take_in(changes, files, files_seq)
             self._problem = None
         self._checked(sent)
 

@@ -184,7 +184,8 @@ def test_a_file_written_in_the_same_tick_as_the_last_look_still_reaches_the_othe
         (uploads / "cover.png").unlink()  # removed: gone from the database at the next commit
         one.update(lambda txn: txn.insert("books", {"title": "C"}))
         with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT count(*) FROM library_files WHERE name = 'uploads/cover.png'").fetchone() == (0,)
+            kept = conn.execute("SELECT count(*) FROM library_files WHERE name = 'uploads/cover.png'").fetchone()
+        assert kept == (0,)
     finally:
         one.close()
         two.close()

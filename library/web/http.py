@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from flask import Request, Response, current_app, g, request
 from flask.json.provider import JSONProvider
+from flask.sessions import SessionInterface
 from marshmallow import ValidationError
 from werkzeug.datastructures import FileStorage, WWWAuthenticate
 from werkzeug.exceptions import (
@@ -127,6 +128,16 @@ class CloseUnreadBodies:
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
 
         return self.app(environ, start)
+
+
+class NoSessions(SessionInterface):
+    """Sign-in is by bearer token, never a cookie: no request reads or writes a session."""
+
+    def open_session(self, app: Any, request: Any) -> None:
+        return None  # Flask hands the request a null session
+
+    def save_session(self, app: Any, session: Any, response: Any) -> None:
+        return None
 
 
 class FreshReads:
