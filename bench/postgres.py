@@ -134,6 +134,7 @@ def measure(
     scenarios: list[str],
     runs: int = 1,
     file_store: bool = False,
+    file_workers: int = 2,
 ) -> dict:
     catalogue = base.catalogue_file(size)
     facts = base.facts_of(catalogue)
@@ -171,7 +172,7 @@ def measure(
         chosen = [s for s in base.SCENARIOS if s.name in scenarios]
         files = None
         if file_store:  # the file store on the same catalogue, measured in turn with PostgreSQL
-            files = base.Server(catalogue, workers)
+            files = base.Server(catalogue, file_workers)
             files.__enter__()
         try:
             for scenario in chosen:
@@ -182,9 +183,12 @@ def measure(
                 }
                 result["scenarios"][scenario.name] = row
                 if files is not None:
-                    row["file_store"] = measure_scenario(
-                        wrk, files.token, [files.port, files.port], scenario, facts, duration, warmup, runs
-                    )
+                    row["file_store"] = {
+                        "workers": file_workers,
+                        **measure_scenario(
+                            wrk, files.token, [files.port, files.port], scenario, facts, duration, warmup, runs
+                        ),
+                    }
                 if not row["req_per_s"]:
                     for log in sorted(folder.glob("gunicorn-*.log")):
                         print(log.read_text()[-2000:], file=sys.stderr)
@@ -219,7 +223,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--url", default=os.environ.get("LIBRARY_TEST_DATABASE_URL", ""))
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of each of the two servers")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gunicorn workers of each of the two servers (two servers of one worker: as many processes as the "
+        "file store's two workers, on a machine that runs both servers, the database and wrk)",
+    )
+    parser.add_argument("--file-workers", type=int, default=2, help="gunicorn workers of the file store's one server")
     parser.add_argument(
         "--workers-1m", type=int, default=1, help="workers of each server at a million books (each holds the catalogue)"
     )
@@ -250,6 +261,7 @@ def main() -> None:
                     args.scenarios.split(","),
                     args.runs,
                     args.file_store and size < 1_000_000,
+                    args.file_workers,
                 )  # fmt: skip
             )
     print(json.dumps(results, indent=2))
