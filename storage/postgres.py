@@ -22,7 +22,9 @@ asks; a missed notification loses nothing, since the changes are always read fro
 Files (covers, documents and the signing key) live in ``library_files``: a file that a process
 writes into its local ``directory`` (a cache, not the source of truth) is put into the database by
 the next commit of that process, before the commit that refers to it, and every other process
-writes it into its own ``directory`` when it catches up past it.
+writes it into its own ``directory`` when it catches up past it. A file removed from a process's
+``directory`` leaves a tombstone (the name, no data) at its next commit, and every other process
+removes its own copy when it catches up past that.
 
 Schema migrations are numbered SQL scripts applied at start under ``pg_advisory_lock``: several
 servers starting at once apply each once, and the others wait and then go on.
@@ -128,6 +130,11 @@ MIGRATIONS: list[str] = [
         END IF;
     END
     $$;
+    """,
+    # 3: a file removed stays as a tombstone (no data) with the seq of its removal, so that every
+    # other server removes its own copy, and none puts it back from a copy it still has.
+    """
+    ALTER TABLE library_files ALTER COLUMN data DROP NOT NULL;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -544,11 +551,16 @@ class PgStore(GroupCommit):
                     if entry.is_file() and not entry.name.startswith("."):
                         yield f"{folder}/{entry.name}", Path(entry.path)
 
-    def _write_files(self, files: list[tuple[str, bytes, int]]) -> None:
-        """Write files read from the database into ``directory``. State mutex held."""
+    def _write_files(self, files: list[tuple[str, bytes | None, int]]) -> None:
+        """Write files read from the database into ``directory``, and remove those removed there
+        (their tombstones: no data). State mutex held."""
         for name, data, _seq in files:
             path = self.directory / name
             if path.parent != self.directory and path.parent.name not in FILE_FOLDERS:
+                continue
+            if data is None:
+                path.unlink(missing_ok=True)
+                self._pushed.pop(name, None)
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -617,8 +629,8 @@ class PgStore(GroupCommit):
                 "ON CONFLICT (name) DO UPDATE SET data = excluded.data, seq = excluded.seq",
                 (name, path.read_bytes(), files_seq),
             )
-        for name in removed:
-            conn.execute("DELETE FROM library_files WHERE name = %s", (name,))
+        for name in removed:  # a tombstone: every other server removes its copy when it catches up
+            conn.execute("UPDATE library_files SET data = NULL, seq = %s WHERE name = %s", (files_seq, name))
 
         def committed() -> None:  # only then are they in the database (a rollback pushes them again)
             with self._state:

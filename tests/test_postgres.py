@@ -162,9 +162,10 @@ def test_a_write_that_timed_out_waiting_for_the_lock_ran_nothing_and_fails_no_co
         waiter.close()
 
 
-def test_a_file_written_in_the_same_tick_as_the_last_look_still_reaches_the_other_server(tmp_path):
+def test_files_reach_every_server_and_one_removed_is_never_put_back(tmp_path):
     """A commit reads the files folder only when it changed (or changed so recently that a file
-    written in the same tick of the file system's clock would leave its time as it was)."""
+    written in the same tick of the file system's clock would leave its time as it was); a file
+    removed leaves a tombstone, so a server's old copy is removed, not shared again."""
     from library.records import COLLECTIONS
     from storage.postgres import PgStore
 
@@ -181,11 +182,19 @@ def test_a_file_written_in_the_same_tick_as_the_last_look_still_reaches_the_othe
         one.update(lambda txn: txn.insert("books", {"title": "B"}))
         two.snapshot()
         assert (tmp_path / "two" / "uploads" / "cover.png").read_bytes() == PNG
-        (uploads / "cover.png").unlink()  # removed: gone from the database at the next commit
+        stale = (tmp_path / "two" / "uploads" / "cover.png").read_bytes()
+        (uploads / "cover.png").unlink()  # removed on one: gone from every server at its next commit
         one.update(lambda txn: txn.insert("books", {"title": "C"}))
+        two.snapshot()
+        assert not (tmp_path / "two" / "uploads" / "cover.png").exists()
+        two.close()
+        (tmp_path / "two" / "uploads" / "cover.png").write_bytes(stale)  # a copy left while it was down
+        two = PgStore(url, COLLECTIONS, directory=tmp_path / "two")
+        assert not (tmp_path / "two" / "uploads" / "cover.png").exists()  # not put back into the database
+        two.update(lambda txn: txn.insert("books", {"title": "D"}))
         with psycopg.connect(url) as conn:
-            kept = conn.execute("SELECT count(*) FROM library_files WHERE name = 'uploads/cover.png'").fetchone()
-        assert kept == (0,)
+            kept = conn.execute("SELECT data FROM library_files WHERE name = 'uploads/cover.png'").fetchall()
+        assert kept in ([], [(None,)])
     finally:
         one.close()
         two.close()
