@@ -275,7 +275,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["library_rules"] = lending_rules(app.config)
     books = app.extensions["library_store"].snapshot().records("books").values()
     referenced = {file_name(b.get(f)) for b in books for f in ("cover_url", "document_url") if b.get(f)}
-    uploads.clean(Path(app.extensions["library_store"].directory), referenced)
+    uploads.clean(app.extensions["library_store"], referenced)
     if str(app.config["REGISTRATION"]).strip().lower() not in ("open", "closed"):
         raise ValueError(f"LIBRARY_REGISTRATION must be open or closed, not {app.config['REGISTRATION']!r}")
     app.config["REGISTRATION"] = str(app.config["REGISTRATION"]).strip().lower()
@@ -295,11 +295,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         # (gunicorn --preload). Tests call store.maintain() themselves.
         app.extensions["library_store"].start()
         app.before_request(app.extensions["library_store"].start)
-    # Refuses (auth.SecretError) to start with a configured secret shorter than 32 bytes.
-    app.extensions["library_secret"] = auth.load_secret(
-        str(app.config["SECRET_KEY"] or ""), Path(app.extensions["library_store"].directory)
-    )
-    app.extensions["library_store"].share_files()  # a generated key: the same for every app server
+    # Refuses (auth.SecretError) to start with a configured secret shorter than 32 bytes. A generated
+    # key is made once for every app server of the store (and the files they share are shared).
+    with app.extensions["library_store"].sharing_files():
+        app.extensions["library_secret"] = auth.load_secret(
+            str(app.config["SECRET_KEY"] or ""), Path(app.extensions["library_store"].directory)
+        )
     register_errors(app)
     app.after_request(safe_headers)
     register_blueprints(app)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from library.errors import UploadError
+from storage import Store
 from storage.journal import fsync_dir
 
 log = logging.getLogger("library_api")
@@ -136,17 +137,18 @@ def _judge(head: bytes, purpose: str) -> Kind:
     return kind
 
 
-def remove(data_dir: Path, name: str | None) -> None:
-    """Delete an uploaded file no book points at any more (missing is fine)."""
+def remove(store: Store, name: str | None) -> None:
+    """Delete an uploaded file no book points at any more (missing is fine), through the store:
+    on PostgreSQL every app server's copy goes too."""
     if name and NAME.fullmatch(name):
-        (data_dir / FOLDER / name).unlink(missing_ok=True)
+        store.remove_file(f"{FOLDER}/{name}")
 
 
-def clean(data_dir: Path, referenced: set[str], now: float | None = None) -> list[str]:
+def clean(store: Store, referenced: set[str], now: float | None = None) -> list[str]:
     """Remove what interrupted uploads left: temporary files no process holds open (an upload in
     progress keeps its file locked), and files no book points at that are older than
     :data:`ORPHAN_AGE`. Returns the names removed."""
-    where = data_dir / FOLDER
+    where = Path(store.directory) / FOLDER
     if not where.is_dir():
         return []
     moment = time.time() if now is None else now
@@ -162,7 +164,10 @@ def clean(data_dir: Path, referenced: set[str], now: float | None = None) -> lis
         else:
             continue
         log.info("removing %s, left by an interrupted upload or a delete", path)
-        path.unlink(missing_ok=True)
+        if name.startswith("."):
+            path.unlink(missing_ok=True)
+        else:
+            store.remove_file(f"{FOLDER}/{name}")
         removed.append(name)
     return removed
 

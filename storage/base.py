@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import orjson
@@ -444,6 +445,20 @@ class Store(abc.ABC):
     def share_files(self) -> None:  # noqa: B027 - the files are already shared for some stores
         """Make the files written into the store's ``directory`` (uploads, the signing key) visible
         to every other process of the store now (a commit does it too)."""
+
+    def remove_file(self, name: str) -> None:
+        """Remove the file ``name`` (a path relative to the store's ``directory``) for every process
+        of the store; a missing file is fine. A file is only ever removed this way: one missing from
+        a process's folder (a cache emptied by hand) is not taken for a removal."""
+        (Path(getattr(self, "directory", ".")) / name).unlink(missing_ok=True)
+
+    @contextmanager
+    def sharing_files(self) -> Iterator[None]:
+        """Make a file in ``directory`` that every process of the store must have the same of (the
+        generated signing key): within the block, the files the others shared are in ``directory``
+        and no other process is in such a block; at its end, what it wrote is shared."""
+        yield
+        self.share_files()
 
     def close(self) -> None:  # noqa: B027 - optional for stores that hold nothing open
         """Release what the store holds open (after writing what is pending)."""

@@ -265,6 +265,7 @@ class PgStore(GroupCommit):
         self._snap = Snapshot(0, {name: Table(name, Snapshot(0, {}).records(name), 1, 0) for name in self.collections})
         self._files_seq = 0
         self._pushed: dict[str, tuple[int, int]] = {}
+        self._removing: set[str] = set()  # removed here (remove_file), not yet tombstoned in the database
         # When the folders' times were taken at the last look that left nothing to push, and those times
         self._scanned: tuple[int, tuple[int, ...]] = (0, ())
         self._reset_memory(0)
@@ -357,10 +358,12 @@ class PgStore(GroupCommit):
             table = base.with_changes(items[name], last[name], next_ids.get(name, 1))
             tables[name] = table
         with self._state:
+            if seq < self._snap.seq:  # a commit of this process went past it while it was read
+                return
             self._snap = Snapshot(seq, tables)
             self._reset_memory(seq)
-            self._write_files(files)
-            self._files_seq = files_seq
+            self._write_files([f for f in files if f[2] > self._files_seq or self._files_seq == 0])
+            self._files_seq = max(self._files_seq, files_seq)
 
     def _fill(self, initial: Callable[[Txn], Any]) -> None:
         """Run ``initial`` once in the database's life (the first server to start does)."""
@@ -438,7 +441,7 @@ class PgStore(GroupCommit):
         sent = time.monotonic()
         try:
             with conn.pipeline():
-                conn.execute("BEGIN")
+                conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")  # each query of library_lock sees the latest
                 answer = conn.execute("SELECT * FROM library_lock(%s, %s)", (since, files_since))
             rows = answer.fetchall()
         except psycopg.errors.LockNotAvailable as exc:
@@ -464,7 +467,9 @@ class PgStore(GroupCommit):
         if files:
             files_seq = max([files_seq, *(f[2] for f in files)])
         with self._state:
-            self._write_files(files)
+            # Only files newer than what this process took in: an answer read before a tombstone
+            # was committed must not write back a file another thread has since removed.
+            self._write_files([f for f in files if f[2] > self._files_seq])
             self._files_seq = max(self._files_seq, files_seq)
             rows = [row for row in rows if row[0] > self._snap.seq]  # another thread may have caught up
             if rows:
@@ -562,9 +567,15 @@ class PgStore(GroupCommit):
                 path.unlink(missing_ok=True)
                 self._pushed.pop(name, None)
                 continue
+            content = bytes(data)
+            with suppress(OSError):  # already here (a sibling worker wrote it): left as it is
+                st = path.stat()
+                if st.st_size == len(content) and path.read_bytes() == content:
+                    self._pushed[name] = (st.st_size, st.st_mtime_ns)
+                    continue
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(bytes(data))
+            tmp.write_bytes(content)
             os.chmod(tmp, 0o600)
             os.replace(tmp, path)
             st = path.stat()
@@ -582,9 +593,9 @@ class PgStore(GroupCommit):
         return tuple(stamps)
 
     def _files_to_push(self) -> FoundFiles:
-        """The files this process wrote (with their size and mtime) or removed since they were last
-        put into the database. Looked for before the commit lock is taken: a request writes its
-        file before it asks for the commit that names it.
+        """The files this process wrote (with their size and mtime) since they were last put into the
+        database, and those it removed (:meth:`remove_file`). Looked for before the commit lock is
+        taken: a request writes its file before it asks for the commit that names it.
 
         The folders are only read when one of them changed since the last look, or changed so
         recently that a change in the same tick of the file system's clock could hide behind the
@@ -594,22 +605,21 @@ class PgStore(GroupCommit):
         # Unchanged since a look at a moment when they were already older than a tick of the file
         # system's clock: any change since would have given a folder a newer time.
         looked, times = self._scanned
+        with self._state:
+            removed = sorted(self._removing)
         if stamps == times and all(stamp < looked - RACY_NS for stamp in stamps):
-            return [], [], (taken, stamps)
-        seen = set()
+            return [], removed, (taken, stamps)
         changed = []
         with self._state:  # a catch-up writing another server's files records them when done
             for name, path in self._local_files():
                 if name.rsplit("/", 1)[-1].startswith(".") or name.endswith((".tmp", ".lock")):
                     continue
-                seen.add(name)
                 try:
                     st = path.stat()
                 except FileNotFoundError:
                     continue
                 if self._pushed.get(name) != (st.st_size, st.st_mtime_ns):
                     changed.append((name, path, (st.st_size, st.st_mtime_ns)))
-            removed = [name for name in self._pushed if name not in seen]
         # The times were taken before the folders were read (what changed while they were is
         # looked for again); they are kept once everything found is in the database.
         return changed, removed, (taken, stamps)
@@ -623,21 +633,31 @@ class PgStore(GroupCommit):
             self._scanned = stamps
             return lambda: None
         files_seq = conn.execute("UPDATE library_seq SET files = files + 1 RETURNING files").fetchone()[0]
-        for name, path, _stamp in changed:
+        pushed = []
+        for name, path, stamp in changed:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # removed since it was found: nothing to share
+                continue
+            # A tombstone of an upload is final: their names are never used twice, so one removed
+            # is never put back (by a worker that still had a copy when it was removed).
             conn.execute(
                 "INSERT INTO library_files (name, data, seq) VALUES (%s, %s, %s) "
-                "ON CONFLICT (name) DO UPDATE SET data = excluded.data, seq = excluded.seq",
-                (name, path.read_bytes(), files_seq),
+                "ON CONFLICT (name) DO UPDATE SET data = excluded.data, seq = excluded.seq "
+                "WHERE library_files.data IS NOT NULL OR library_files.name NOT LIKE 'uploads/%%'",
+                (name, data, files_seq),
             )
+            pushed.append((name, stamp))
         for name in removed:  # a tombstone: every other server removes its copy when it catches up
             conn.execute("UPDATE library_files SET data = NULL, seq = %s WHERE name = %s", (files_seq, name))
 
         def committed() -> None:  # only then are they in the database (a rollback pushes them again)
             with self._state:
-                for name, _path, stamp in changed:
+                for name, stamp in pushed:
                     self._pushed[name] = stamp
                 for name in removed:
                     self._pushed.pop(name, None)
+                    self._removing.discard(name)
                 self._files_seq = max(self._files_seq, files_seq)
                 self._scanned = stamps
 
@@ -867,12 +887,36 @@ class PgStore(GroupCommit):
             self._pool.close()
             self._pool = None
 
+    def remove_file(self, name: str) -> None:
+        """See :meth:`Store.remove_file`: removed here now, from the database (a tombstone) at this
+        process's next commit, and from every other server's folder when it catches up."""
+        with self._state:
+            (self.directory / name).unlink(missing_ok=True)
+            self._removing.add(name)
+
+    @contextmanager
+    def sharing_files(self) -> Iterator[None]:
+        """See :meth:`Store.sharing_files`: the block holds the commit lock, after a catch-up that
+        wrote every file shared so far into ``directory`` (two servers starting at once on a new
+        database make one signing key, not one each)."""
+        with self.exclusive():
+            yield
+            self._push_files_now()
+
     def _push_files_now(self) -> None:
-        with self._commit_mutex, self._conn() as conn:
-            self._lock_and_catch_up(conn)
-            committed = self._push_files(conn)
-            conn.execute("COMMIT")
-            committed()
+        with self._commit_mutex:
+            held = self._held
+            if held is not None:  # in exclusive(): commit in its transaction, then lock again
+                committed = self._push_files(held)
+                held.execute("COMMIT")
+                committed()
+                self._lock_and_catch_up(held)
+                return
+            with self._conn() as conn:
+                self._lock_and_catch_up(conn)
+                committed = self._push_files(conn)
+                conn.execute("COMMIT")
+                committed()
 
 
 def _seq_of(payload: str) -> int:

@@ -183,7 +183,7 @@ def test_files_reach_every_server_and_one_removed_is_never_put_back(tmp_path):
         two.snapshot()
         assert (tmp_path / "two" / "uploads" / "cover.png").read_bytes() == PNG
         stale = (tmp_path / "two" / "uploads" / "cover.png").read_bytes()
-        (uploads / "cover.png").unlink()  # removed on one: gone from every server at its next commit
+        one.remove_file("uploads/cover.png")  # removed on one: gone from every server at its next commit
         one.update(lambda txn: txn.insert("books", {"title": "C"}))
         two.snapshot()
         assert not (tmp_path / "two" / "uploads" / "cover.png").exists()
@@ -195,6 +195,57 @@ def test_files_reach_every_server_and_one_removed_is_never_put_back(tmp_path):
         with psycopg.connect(url) as conn:
             kept = conn.execute("SELECT data FROM library_files WHERE name = 'uploads/cover.png'").fetchall()
         assert kept in ([], [(None,)])
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_folder_emptied_by_hand_removes_nothing_from_the_database(tmp_path):
+    """The folder is a cache: a file missing from it (an emptied volume, a cache cleared by hand)
+    is not a removal, and no other server loses its copy."""
+    from library.records import COLLECTIONS
+    from storage.postgres import PgStore
+
+    url = fresh_database(str(tmp_path))
+    one = PgStore(url, COLLECTIONS, directory=tmp_path / "one")
+    two = PgStore(url, COLLECTIONS, directory=tmp_path / "two")
+    try:
+        (tmp_path / "one" / "uploads").mkdir()
+        (tmp_path / "one" / "uploads" / "cover.png").write_bytes(PNG)
+        one.update(lambda txn: txn.insert("books", {"title": "A"}))
+        two.snapshot()
+        (tmp_path / "two" / "uploads" / "cover.png").unlink()  # by hand
+        two.update(lambda txn: txn.insert("books", {"title": "B"}))
+        one.snapshot()
+        assert (tmp_path / "one" / "uploads" / "cover.png").read_bytes() == PNG
+        with psycopg.connect(url) as conn:
+            kept = conn.execute("SELECT data FROM library_files WHERE name = 'uploads/cover.png'").fetchone()
+        assert bytes(kept[0]) == PNG
+        two.close()
+        two = PgStore(url, COLLECTIONS, directory=tmp_path / "two")  # a restart fetches it again
+        assert (tmp_path / "two" / "uploads" / "cover.png").read_bytes() == PNG
+    finally:
+        one.close()
+        two.close()
+
+
+def test_servers_starting_together_without_a_key_make_one_signing_key(tmp_path):
+    """Two servers that opened a new database before either made its signing key (as when they
+    start at the same moment) end with the one key the first made, not one each."""
+    from library import auth
+    from library.records import COLLECTIONS
+    from storage.postgres import PgStore
+
+    url = fresh_database(str(tmp_path))
+    one = PgStore(url, COLLECTIONS, directory=tmp_path / "one")
+    two = PgStore(url, COLLECTIONS, directory=tmp_path / "two")  # opened before one has a key
+    try:
+        with one.sharing_files():
+            first = auth.load_secret("", tmp_path / "one")
+        with two.sharing_files():
+            second = auth.load_secret("", tmp_path / "two")
+        assert second == first
+        assert (tmp_path / "two" / auth.SECRET_FILE).read_bytes().strip() == first
     finally:
         one.close()
         two.close()

@@ -17,6 +17,7 @@ from library.context import (
     data_dir,
     now,
     stamp,
+    store,
     view,
     write_books,
     writer_index,
@@ -142,7 +143,7 @@ def delete_book(book_id: int) -> Response:
     condition, moment = if_match(), stamp(now())
     book = write_books(lambda txn: catalogue.delete_book(txn, book_id, condition, moment), actor)
     for field in ("cover_url", "document_url"):  # its files go with it
-        uploads.remove(data_dir(), file_name(book.get(field)))
+        uploads.remove(store(), file_name(book.get(field)))
     return json_response(orjson.dumps({"message": "Book deleted successfully"}))
 
 
@@ -214,7 +215,7 @@ def attach_file(book_id: int, purpose: str) -> Response:
         # failed late may be in the journal, and the file must then stay (start-up removes it if
         # no book points at it).
         if refused or isinstance(exc, PermissionDenied | LockTimeoutError | CorruptFileError):
-            uploads.remove(data_dir(), name)
+            uploads.remove(store(), name)
         raise
-    uploads.remove(data_dir(), file_name(replaced))
+    uploads.remove(store(), file_name(replaced))
     return book_response(book)

@@ -150,7 +150,7 @@ class FreshReads:
         self.app = app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("HTTP_UPGRADE"):
+        if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
             return self.app(environ, start_response)
         with reads_since(time.monotonic()):
             return self.app(environ, start_response)
