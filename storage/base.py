@@ -13,6 +13,7 @@ the live feed publishes). :meth:`Store.events_since` replays those events.
 from __future__ import annotations
 
 import abc
+import bisect
 import contextvars
 import itertools
 import threading
@@ -482,6 +483,10 @@ class Pending:
         return self.value
 
 
+CHANGES_KEPT = 4096
+"""Record changes each process keeps in memory for callers that keep their own indexes."""
+
+
 class GroupCommit(Store):
     """A store whose concurrent updates in one process are committed together: the thread that
     gets the commit mutex takes every updater waiting at that moment and hands them to
@@ -545,6 +550,29 @@ class GroupCommit(Store):
                 item.error = exc
             else:
                 base.merge(child)
+
+    # -- the record changes kept in memory (for callers that keep their own indexes) --------------
+    # A subclass sets ``_changes_floor``, ``_change_seqs`` and ``_change_list`` when it (re)loads,
+    # and holds ``_state`` (its state mutex) and ``_snap`` (its snapshot).
+
+    def _remember_changes(self, changes: list[tuple[int, Change]]) -> None:
+        """Keep record changes for :meth:`changes_between` (the latest :data:`CHANGES_KEPT` at least)."""
+        for seq, change in changes:
+            self._change_seqs.append(seq)
+            self._change_list.append(change)
+        if len(self._change_seqs) > 2 * CHANGES_KEPT:
+            cut = len(self._change_seqs) - CHANGES_KEPT
+            self._changes_floor = self._change_seqs[cut - 1]
+            del self._change_seqs[:cut], self._change_list[:cut]
+
+    def changes_between(self, since: int, until: int) -> list[tuple[int, Change]] | None:
+        with self._state:
+            if since < self._changes_floor or until > self._snap.seq:
+                return None
+            seqs = self._change_seqs
+            lo = bisect.bisect_right(seqs, since)
+            hi = bisect.bisect_right(seqs, until)
+            return list(zip(seqs[lo:hi], self._change_list[lo:hi], strict=True))
 
     @abc.abstractmethod
     def _commit_batch(self, batch: list[Pending]) -> None:

@@ -63,8 +63,6 @@ from storage.upkeep import Upkeep
 
 log = logging.getLogger("library_api.storage")
 
-CHANGES_KEPT = 4096  # record changes kept in memory for callers that maintain their own indexes
-
 
 @dataclass
 class _Health:
@@ -186,15 +184,6 @@ class JsonStore(Upkeep, GroupCommit):
             chosen = list(zip(self._event_seqs[start:stop], self._event_bytes[start:stop], strict=True))
             last = self._event_seqs[start + limit - 1] if start + limit < end else current
         return chosen, last
-
-    def changes_between(self, since: int, until: int) -> list[tuple[int, Change]] | None:
-        with self._state:
-            if since < self._changes_floor or until > self._snap.seq:
-                return None
-            seqs = self._change_seqs
-            lo = bisect.bisect_right(seqs, since)
-            hi = bisect.bisect_right(seqs, until)
-            return list(zip(seqs[lo:hi], self._change_list[lo:hi], strict=True))
 
     @contextmanager
     def exclusive(self) -> Iterator[Snapshot]:
@@ -560,16 +549,6 @@ class JsonStore(Upkeep, GroupCommit):
             if event is not None:
                 self._event_seqs.append(seq)
                 self._event_bytes.append(orjson.dumps({"seq": seq, **event}))
-
-    def _remember_changes(self, changes: list[tuple[int, Change]]) -> None:
-        """Keep record changes for :meth:`changes_between`."""
-        for seq, change in changes:
-            self._change_seqs.append(seq)
-            self._change_list.append(change)
-        if len(self._change_seqs) > 2 * CHANGES_KEPT:
-            cut = len(self._change_seqs) - CHANGES_KEPT
-            self._changes_floor = self._change_seqs[cut - 1]
-            del self._change_seqs[:cut], self._change_list[:cut]
 
     def _reset_events(self, floor: int) -> None:
         self._floor = floor

@@ -60,7 +60,6 @@ from storage.errors import (
 
 log = logging.getLogger("library_api.storage")
 
-CHANGES_KEPT = 4096
 ADVISORY_KEY = 0x6C696272  # "libr": the migration lock
 CHANNEL = "library_changes"
 FILE_FOLDERS = ("uploads",)
@@ -498,25 +497,6 @@ class PgStore(GroupCommit):
             tables[name] = old.tables[name].with_changes(entries, seq)
         self._snap = Snapshot(max(old.seq, last), tables)
         self._remember_changes(changes)
-
-    def _remember_changes(self, changes: list[tuple[int, Change]]) -> None:
-        for seq, change in changes:
-            self._change_seqs.append(seq)
-            self._change_list.append(change)
-        if len(self._change_seqs) > 2 * CHANGES_KEPT:
-            cut = len(self._change_seqs) - CHANGES_KEPT
-            self._changes_floor = self._change_seqs[cut - 1]
-            del self._change_seqs[:cut], self._change_list[:cut]
-
-    def changes_between(self, since: int, until: int) -> list[tuple[int, Change]] | None:
-        import bisect
-
-        with self._state:
-            if since < self._changes_floor or until > self._snap.seq:
-                return None
-            lo = bisect.bisect_right(self._change_seqs, since)
-            hi = bisect.bisect_right(self._change_seqs, until)
-            return list(zip(self._change_seqs[lo:hi], self._change_list[lo:hi], strict=True))
 
     def events_since(self, since: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         raw, last = self.raw_events_since(since, limit)

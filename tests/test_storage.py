@@ -664,7 +664,7 @@ def test_a_negative_since_is_refused(tmp_path):
 
 
 def test_changes_between_reaches_back_two_batches_then_one(tmp_path):
-    from storage.jsonfile import CHANGES_KEPT
+    from storage.base import CHANGES_KEPT
 
     store = open_store(tmp_path)
     store.update(lambda txn: [txn.insert("members", {"n": i}) for i in range(2 * CHANGES_KEPT)])
