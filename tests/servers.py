@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from storage import Store
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,11 +30,17 @@ librarian: dict[int, dict[str, str]] = {}
 def sign_in(data_dir: Path, role: str = "member", count: int = 1) -> list[dict[str, str]]:
     """Put ``count`` members with ``role`` into the data directory (another process writing it,
     as any worker does) and return the headers of requests signed in as each of them."""
-    from library import auth, members
     from library.records import COLLECTIONS
     from storage import JsonStore
 
-    store = JsonStore(data_dir, COLLECTIONS)
+    return sign_in_to(JsonStore(data_dir, COLLECTIONS), role, count)
+
+
+def sign_in_to(store: Store, role: str = "member", count: int = 1) -> list[dict[str, str]]:
+    """Put ``count`` members with ``role`` into ``store`` (which is then closed) and return the
+    headers of requests signed in as each of them."""
+    from library import auth, members
+
     tag = f"{os.getpid()}-{time.monotonic_ns()}"
 
     def add(txn: object) -> list[dict[str, object]]:

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import psycopg
 
-from library import auth, members
 from library.records import COLLECTIONS
 from storage.postgres import ADVISORY_KEY, PgStore
 from tests.postgres import fresh_database
-from tests.servers import ROOT, SECRET, free_port, get_json, wait_until_healthy
+from tests.servers import ROOT, SECRET, free_port, get_json, sign_in_to, wait_until_healthy
 from tests.test_live import Listener
 
 
@@ -63,29 +62,7 @@ def server(url: str, folder: Path, wait: bool = True, **env: str) -> Iterator[tu
 
 
 def sign_in(url: str, role: str, count: int = 1) -> list[dict[str, str]]:
-    store = PgStore(url, COLLECTIONS)
-    tag = time.monotonic_ns()
-    people = store.update(
-        lambda txn: [
-            members.create(
-                txn,
-                {"email": f"{role}-{tag}-{i}@example.org", "first_name": "T", "last_name": "T"},
-                "2026-01-01T00:00:00Z",
-                None,
-                role,
-            )
-            for i in range(count)
-        ]
-    )
-    library = store.update(auth.ensure_library)
-    store.close()
-    return [
-        {
-            "Authorization": f"Bearer {auth.issue_token(SECRET.encode(), m, 3600, library)}",
-            "Content-Type": "application/json",
-        }
-        for m in people
-    ]
+    return sign_in_to(PgStore(url, COLLECTIONS), role, count)
 
 
 def request(port: int, method: str, path: str, headers: dict[str, str], body: object = None) -> tuple[int, object]:
