@@ -372,6 +372,9 @@ given the snapshot after the transaction."""
 class Store(abc.ABC):
     """A set of named collections kept durably, with a journal of every committed change."""
 
+    directory: Path
+    """The folder of the store's files (uploads, the signing key): its data, or a local copy of them."""
+
     @abc.abstractmethod
     def snapshot(self) -> Snapshot:
         """The current state, re-validated against what other processes (or a person) wrote: it
@@ -451,7 +454,7 @@ class Store(abc.ABC):
         """Remove the file ``name`` (a path relative to the store's ``directory``) for every process
         of the store; a missing file is fine. A file is only ever removed this way: one missing from
         a process's folder (a cache emptied by hand) is not taken for a removal."""
-        (Path(getattr(self, "directory", ".")) / name).unlink(missing_ok=True)
+        (Path(self.directory) / name).unlink(missing_ok=True)
 
     @contextmanager
     def sharing_files(self) -> Iterator[None]:
