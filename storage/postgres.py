@@ -46,7 +46,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from storage.base import READS_SINCE, Change, Describe, GroupCommit, Pending, Record, Snapshot, Table, Txn
@@ -171,19 +171,27 @@ def migrate(url: str, timeout: float = 60.0) -> int:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_KEY,))
 
 
+# The hot statements (a freshness check, the commit lock, a commit's writes) go straight through
+# libpq (``PGconn.exec_*``: one call, the GIL released while it waits) rather than psycopg's cursors
+# and pipelines: with a group commit per server and every server taking in every commit, psycopg's
+# own work per statement (a cursor, its adapters, the pipeline's generators and their waits) was
+# three quarters of the Python time a commit took, and was spent holding the commit lock.
+
 # The head and the changes after ours in one statement (so in one snapshot of the database: every
 # change up to the head's seq is in the answer) and one round trip; one row when nothing changed.
-_HEAD_AND_CHANGES = (
-    "SELECT s.seq, s.files, s.floor, c.seq, c.collection, c.id, c.record::text FROM library_seq s "
-    "LEFT JOIN library_changes c ON c.seq > %s AND c.seq <= s.seq AND s.floor <= %s ORDER BY c.seq"
+_CHECK = b"library_check"
+_CHECK_SQL = (
+    b"SELECT s.seq, s.files, s.floor, c.seq, c.collection, c.id, c.record::text FROM library_seq s "
+    b"LEFT JOIN library_changes c ON c.seq > $1::bigint AND c.seq <= s.seq AND s.floor <= $1::bigint ORDER BY c.seq"
 )
 _FILES_AFTER = "SELECT name, data, seq FROM library_files WHERE seq > %s ORDER BY seq"
 # A commit's writes in one statement (the changes, the records put and deleted, the next ids, the
 # head and its notification), the changes as one JSON document: the time the commit lock is held
 # does not grow with a statement per record, and each record is parsed once, by PostgreSQL.
-_COMMIT = """
+_COMMIT = b"library_commit"
+_COMMIT_SQL = b"""
 WITH batch AS (
-    SELECT * FROM jsonb_to_recordset(%(changes)s::jsonb)
+    SELECT * FROM jsonb_to_recordset($1::jsonb)
         AS t(seq bigint, collection text, id bigint, record jsonb, event jsonb)
 ), changed AS (
     INSERT INTO library_changes (seq, collection, id, record, event)
@@ -197,13 +205,49 @@ WITH batch AS (
     WHERE b.record IS NULL AND d.collection = b.collection AND d.id = b.id
 ), next_ids AS (
     INSERT INTO library_next_ids (collection, next_id)
-    SELECT key, value::bigint FROM jsonb_each_text(%(next_ids)s::jsonb)
+    SELECT key, value::bigint FROM jsonb_each_text($2::jsonb)
     ON CONFLICT (collection) DO UPDATE SET next_id = GREATEST(library_next_ids.next_id, excluded.next_id)
 ), head AS (
-    UPDATE library_seq SET seq = %(seq)s
+    UPDATE library_seq SET seq = $3::bigint
 )
-SELECT pg_notify(%(channel)s, %(seq)s::text)
+SELECT pg_notify($4::text, $3::bigint::text)
 """
+# The commit lock and what was committed before it was granted (``library_lock``), in the
+# transaction it opens: one statement string, one round trip. Read committed whatever the server's
+# default, so that each query of library_lock sees the latest.
+_LOCK = b"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT * FROM library_lock(%d, %d)"
+_OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
+
+
+def _result(conn: psycopg.Connection, result: pq.abc.PGresult | None) -> pq.abc.PGresult:
+    """``result`` of a statement run through ``conn.pgconn``, or its error raised as psycopg
+    raises it (:class:`psycopg.OperationalError` when the connection broke)."""
+    if result is not None and result.status in _OK:
+        return result
+    pgconn = conn.pgconn
+    if result is None or pgconn.status == pq.ConnStatus.BAD:
+        message = (result.error_message if result is not None else pgconn.error_message) or b"connection lost"
+        raise psycopg.OperationalError(message.decode("utf-8", "replace").strip())
+    raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+
+
+def _values(result: pq.abc.PGresult) -> list[list[bytes | None]]:
+    """Every row of ``result`` (text format), each value as bytes or None."""
+    width = result.nfields
+    return [[result.get_value(row, col) for col in range(width)] for row in range(result.ntuples)]
+
+
+def _int(value: bytes | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def _bytea(value: bytes | None) -> bytes | None:
+    """A bytea in text format (``\\x`` and hex digits)."""
+    return None if value is None else bytes.fromhex(value[2:].decode())
 
 
 RACY_NS = 2_000_000_000
@@ -304,7 +348,7 @@ class PgStore(GroupCommit):
                         open=True,
                         name="library",
                         # Reads are single statements (one round trip each); writes open their
-                        # transaction themselves, with BEGIN in the pipeline of their first statements.
+                        # transaction themselves, with BEGIN in the string of their first statement.
                         kwargs={"autocommit": True},
                         configure=self._configure,
                     )
@@ -313,8 +357,10 @@ class PgStore(GroupCommit):
 
     def _configure(self, conn: psycopg.Connection) -> None:
         """A new pooled connection: how long any statement waits for a lock (the commit lock above
-        all), set once here rather than in every transaction."""
+        all), set once here rather than in every transaction, and the hot statements prepared."""
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(self._lock_timeout * 1000)}ms",))
+        for name, text in ((_CHECK, _CHECK_SQL), (_COMMIT, _COMMIT_SQL)):
+            _result(conn, conn.pgconn.prepare(name, text))
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection]:
@@ -325,6 +371,24 @@ class PgStore(GroupCommit):
             raise LockTimeoutError(f"No database connection was free for {self._lock_timeout:g} s") from exc
         except psycopg.OperationalError as exc:
             raise StoreUnavailableError(f"The database cannot be reached: {_reason(exc)}") from exc
+
+    @contextmanager
+    def _conn_for(self, first: Callable[[psycopg.Connection], None]) -> Iterator[psycopg.Connection]:
+        """A pool connection on which ``first`` (the lock, or a check: nothing written yet) ran.
+        A connection that the database cut since its last use (a restart, a failover, an idle
+        timeout) shows there: the pool then drops every cut connection and ``first`` runs once
+        more on a fresh one, so a restarted database costs no refused write or stale read."""
+        for attempt in (0, 1):
+            with self._conn() as conn:
+                try:
+                    first(conn)
+                except psycopg.OperationalError:
+                    if attempt or not conn.broken:
+                        raise
+                else:
+                    yield conn
+                    return
+            self.pool.check()
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -393,8 +457,8 @@ class PgStore(GroupCommit):
             if self._checked_at < asked:
                 sent = time.monotonic()
                 try:
-                    with self._conn() as conn:
-                        self._catch_up_in(conn)
+                    with self._conn_for(self._catch_up_in):
+                        pass
                 except (StorageError, psycopg.Error) as exc:  # readers keep the last good state
                     self._note_problem(exc)
                 self._checked(sent)
@@ -415,15 +479,15 @@ class PgStore(GroupCommit):
         with self._state:
             since = self._snap.seq
             files_since = self._files_seq
-        answer = conn.execute(_HEAD_AND_CHANGES, (since, since)).fetchall()
-        seq, files_seq, floor = answer[0][:3]
+        answer = _values(_result(conn, conn.pgconn.exec_prepared(_CHECK, [b"%d" % since])))
+        seq, files_seq, floor = (int(v) for v in answer[0][:3])  # type: ignore[arg-type]
         if seq == since and files_seq == files_since:
             self._problem = None
             return
         if since < floor:
             self._fell_behind(since, floor)
             return
-        rows = [row[3:] for row in answer if row[3] is not None]
+        rows = [(int(r[3]), _text(r[4]), int(r[5]), r[6]) for r in answer if r[3] is not None]  # type: ignore[arg-type]
         # After the changes: a file is committed with (or before) the first change naming it, so
         # every file a change read above names is in this answer.
         files = conn.execute(_FILES_AFTER, (files_since,)).fetchall() if files_seq != files_since else []
@@ -439,20 +503,17 @@ class PgStore(GroupCommit):
             files_since = self._files_seq
         sent = time.monotonic()
         try:
-            with conn.pipeline():
-                conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")  # each query of library_lock sees the latest
-                answer = conn.execute("SELECT * FROM library_lock(%s, %s)", (since, files_since))
-            rows = answer.fetchall()
+            answer = _values(_result(conn, conn.pgconn.exec_(_LOCK % (since, files_since))))
         except psycopg.errors.LockNotAvailable as exc:
             conn.rollback()
             raise LockTimeoutError(f"The database stayed locked for more than {self._lock_timeout:g} s") from exc
-        seq, files_seq, floor = rows[0][:3]
+        seq, files_seq, floor = (int(v) for v in answer[0][:3])  # type: ignore[arg-type]
         if since < floor:
             self._fell_behind(since, floor)
         else:
             if seq != since or files_seq != files_since:
-                changes = [row[3:7] for row in rows if row[3] is not None]
-                files = [row[7:10] for row in rows if row[7] is not None]
+                changes = [(int(r[3]), _text(r[4]), int(r[5]), r[6]) for r in answer if r[3] is not None]  # type: ignore[arg-type]
+                files = [(_text(r[7]), _bytea(r[8]), int(r[9])) for r in answer if r[7] is not None]  # type: ignore[arg-type]
                 self._take_in(changes, files, files_seq)
             self._problem = None
         self._checked(sent)
@@ -656,9 +717,7 @@ class PgStore(GroupCommit):
         try:
             files = self._files_to_push()
             held = self._held
-            with contextlib.nullcontext(held) if held is not None else self._conn() as conn:
-                if held is None:
-                    self._lock_and_catch_up(conn)
+            with contextlib.nullcontext(held) if held is not None else self._conn_for(self._lock_and_catch_up) as conn:
                 base = Txn(self._snap)
                 ran = True
                 self._run_updaters(base, batch)
@@ -705,32 +764,22 @@ class PgStore(GroupCommit):
         new_snap = Snapshot(seq, new_tables)
         events = self._describe(changes, new_snap) if self._describe and changes else [None] * len(changes)
         files_committed = self._push_files(conn, files)
-        # One round trip for every statement and the commit (pipeline mode): the commit lock is held
-        # until the commit returns, so each round trip saved is time every other server waits less.
         try:
-            with conn.pipeline():
-                if numbered:
-                    rows = []
-                    for (number, change), event in zip(numbered, events, strict=True):
-                        row = {"seq": number, "collection": change.collection, "id": change.id}
-                        if change.after is not None:  # absent: the record was deleted
-                            row["record"] = change.after
-                        if event is not None:
-                            row["event"] = event
-                        rows.append(row)
-                    moved = {n: i for n, i in next_ids.items() if i > old.tables[n].next_id}
-                    conn.execute(
-                        _COMMIT,
-                        {
-                            "changes": orjson.dumps(rows).decode(),
-                            "next_ids": orjson.dumps(moved).decode(),
-                            "seq": seq,
-                            "channel": CHANNEL,
-                        },
-                    )
-                if extra:
-                    conn.execute(extra)
-                conn.execute("COMMIT")
+            if numbered:
+                rows = []
+                for (number, change), event in zip(numbered, events, strict=True):
+                    row = {"seq": number, "collection": change.collection, "id": change.id}
+                    if change.after is not None:  # absent: the record was deleted
+                        row["record"] = change.after
+                    if event is not None:
+                        row["event"] = event
+                    rows.append(row)
+                moved = {n: i for n, i in next_ids.items() if i > old.tables[n].next_id}
+                params = [orjson.dumps(rows), orjson.dumps(moved), b"%d" % seq, CHANNEL.encode()]
+                _result(conn, conn.pgconn.exec_prepared(_COMMIT, params))
+            if extra:
+                _result(conn, conn.pgconn.exec_(extra.encode()))
+            _result(conn, conn.pgconn.exec_(b"COMMIT"))
         except psycopg.OperationalError as exc:
             message = (
                 f"The database connection broke while saving a change ({_reason(exc)}); whether it was kept is "
@@ -747,8 +796,7 @@ class PgStore(GroupCommit):
     def exclusive(self) -> Iterator[Snapshot]:
         """Hold the commit lock: no server commits while the block runs. The thread in the block
         may itself commit (with every write queued behind it), as with the files."""
-        with self._commit_mutex, self._conn() as conn:
-            self._lock_and_catch_up(conn)
+        with self._commit_mutex, self._conn_for(self._lock_and_catch_up) as conn:
             self._held = conn
             try:
                 yield self._snap
@@ -892,8 +940,7 @@ class PgStore(GroupCommit):
                 committed()
                 self._lock_and_catch_up(held)
                 return
-            with self._conn() as conn:
-                self._lock_and_catch_up(conn)
+            with self._conn_for(self._lock_and_catch_up) as conn:
                 committed = self._push_files(conn)
                 conn.execute("COMMIT")
                 committed()

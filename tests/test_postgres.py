@@ -162,6 +162,35 @@ def test_a_write_that_timed_out_waiting_for_the_lock_ran_nothing_and_fails_no_co
         waiter.close()
 
 
+def test_connections_cut_by_the_database_cost_no_refused_write_and_no_stale_read(tmp_path):
+    """Every connection to the database is cut (a restart, a failover, an idle timeout): the
+    next write and the next read of each server find their pooled connection dead before they
+    have written anything, and go on through a fresh one instead of failing or reading stale."""
+    from storage.postgres import PgStore
+
+    url = fresh_database(str(tmp_path))
+    one, two = PgStore(url, ("books",), pool_size=3), PgStore(url, ("books",), pool_size=3)
+    try:
+        one.update(lambda txn: txn.insert("books", {"title": "before"}))
+        assert two.snapshot().count("books") == 1
+        with psycopg.connect(url, autocommit=True) as admin:
+            cut = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()[0]
+        assert cut >= 2
+        one.update(lambda txn: txn.insert("books", {"title": "after"}))
+        assert [b["title"] for b in two.snapshot().records("books").values()] == ["before", "after"]
+        assert two.health()["problems"] == []
+        two.update(lambda txn: txn.insert("books", {"title": "third"}))
+        with psycopg.connect(url) as check:
+            stored = check.execute("SELECT record->>'title' FROM library_records ORDER BY id").fetchall()
+        assert stored == [("before",), ("after",), ("third",)]
+    finally:
+        one.close()
+        two.close()
+
+
 def test_files_reach_every_server_and_one_removed_is_never_put_back(tmp_path):
     """A commit reads the files folder only when it changed (or changed so recently that a file
     written in the same tick of the file system's clock would leave its time as it was); a file
