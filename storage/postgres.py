@@ -331,6 +331,10 @@ class PgStore(GroupCommit):
         self._checked_at = float("-inf")  # when the last check that ended was sent (monotonic)
         self._pool: ConnectionPool | None = None
         self._pool_pid = os.getpid()
+        # The connections of the hot paths, each used by one thread at a time: the freshness check
+        # (under the check mutex) and the commits (under the commit mutex).
+        self._check_conn: psycopg.Connection | None = None
+        self._commit_conn: psycopg.Connection | None = None
         self._worker: threading.Thread | None = None
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
@@ -373,22 +377,40 @@ class PgStore(GroupCommit):
             raise StoreUnavailableError(f"The database cannot be reached: {_reason(exc)}") from exc
 
     @contextmanager
-    def _conn_for(self, first: Callable[[psycopg.Connection], None]) -> Iterator[psycopg.Connection]:
-        """A pool connection on which ``first`` (the lock, or a check: nothing written yet) ran.
+    def _conn_for(self, first: Callable[[psycopg.Connection], None], own: str) -> Iterator[psycopg.Connection]:
+        """This process's own connection for one kind of work done one at a time (``own``: the
+        attribute holding it; the caller holds that work's mutex), once ``first`` (the lock, or a
+        check: nothing written yet) ran on it. The hot paths skip the pool: taking a connection
+        from it and giving it back cost more than the statements they run.
+
         A connection that the database cut since its last use (a restart, a failover, an idle
-        timeout) shows there: the pool then drops every cut connection and ``first`` runs once
-        more on a fresh one, so a restarted database costs no refused write or stale read."""
+        timeout) shows in ``first``: it is dropped and ``first`` runs once more on a fresh
+        connection, so a restarted database costs no refused write or stale read.
+
+        :raises StoreUnavailableError: when the database cannot be reached.
+        """
         for attempt in (0, 1):
-            with self._conn() as conn:
-                try:
-                    first(conn)
-                except psycopg.OperationalError:
-                    if attempt or not conn.broken:
-                        raise
-                else:
-                    yield conn
-                    return
-            self.pool.check()
+            conn = getattr(self, own)
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self._lock_timeout)))
+                    self._configure(conn)
+                    setattr(self, own, conn)
+                first(conn)
+            except psycopg.OperationalError as exc:  # the connection is dropped, whatever its state
+                if conn is not None:
+                    with suppress(psycopg.Error):
+                        conn.close()
+                if attempt == 0 and conn is not None:
+                    continue
+                raise StoreUnavailableError(f"The database cannot be reached: {_reason(exc)}") from exc
+            try:
+                yield conn
+            finally:  # what the block left open (a failed commit) ends here, not in the next use
+                if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                    with suppress(psycopg.Error):
+                        conn.rollback()
+            return
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -455,14 +477,19 @@ class PgStore(GroupCommit):
             return self._snap
         with self._check_mutex:
             if self._checked_at < asked:
-                sent = time.monotonic()
-                try:
-                    with self._conn_for(self._catch_up_in):
-                        pass
-                except (StorageError, psycopg.Error) as exc:  # readers keep the last good state
-                    self._note_problem(exc)
-                self._checked(sent)
+                self._check()
         return self._snap
+
+    def _check(self) -> None:
+        """Ask the database for what changed since this process's snapshot. Check mutex held. A
+        check that fails counts too: readers keep the last good state, and the problem is noted."""
+        sent = time.monotonic()
+        try:
+            with self._conn_for(self._catch_up_in, "_check_conn"):
+                pass
+        except (StorageError, psycopg.Error) as exc:
+            self._note_problem(exc)
+        self._checked(sent)
 
     def _checked(self, sent: float) -> None:
         """A check (or the lock of a commit) sent at ``sent`` has brought the snapshot up to date."""
@@ -717,7 +744,11 @@ class PgStore(GroupCommit):
         try:
             files = self._files_to_push()
             held = self._held
-            with contextlib.nullcontext(held) if held is not None else self._conn_for(self._lock_and_catch_up) as conn:
+            with (
+                contextlib.nullcontext(held)
+                if held is not None
+                else self._conn_for(self._lock_and_catch_up, "_commit_conn") as conn
+            ):
                 base = Txn(self._snap)
                 ran = True
                 self._run_updaters(base, batch)
@@ -796,7 +827,7 @@ class PgStore(GroupCommit):
     def exclusive(self) -> Iterator[Snapshot]:
         """Hold the commit lock: no server commits while the block runs. The thread in the block
         may itself commit (with every write queued behind it), as with the files."""
-        with self._commit_mutex, self._conn_for(self._lock_and_catch_up) as conn:
+        with self._commit_mutex, self._conn_for(self._lock_and_catch_up, "_commit_conn") as conn:
             self._held = conn
             try:
                 yield self._snap
@@ -880,18 +911,13 @@ class PgStore(GroupCommit):
         self._worker.start()
 
     def _note_problem(self, exc: BaseException) -> None:
-        self._problem = _reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        reason = _reason(exc)
+        self._problem = reason if isinstance(exc, StorageError) else f"The database cannot be reached: {reason}"
 
     def health(self) -> dict[str, Any]:
-        problems = []
-        try:
-            with self._conn() as conn:
-                conn.execute("SELECT 1")
-            self._problem = None
-        except (StorageError, psycopg.Error) as exc:
-            self._note_problem(exc)
-        if self._problem:
-            problems.append({"file": "database", "problem": f"The database cannot be reached: {self._problem}"})
+        with self._check_mutex:  # a check of its own, through the connection the checks use
+            self._check()
+        problems = [{"file": "database", "problem": self._problem}] if self._problem else []
         return {
             "writable": not problems,
             "problems": problems,
@@ -914,6 +940,12 @@ class PgStore(GroupCommit):
                 self._push_files_now()
             self._pool.close()
             self._pool = None
+            for own in ("_check_conn", "_commit_conn"):
+                conn = getattr(self, own)
+                if conn is not None:
+                    with suppress(psycopg.Error):
+                        conn.close()
+                    setattr(self, own, None)
 
     def remove_file(self, name: str) -> None:
         """See :meth:`Store.remove_file`: removed here now, from the database (a tombstone) at this
@@ -940,7 +972,7 @@ class PgStore(GroupCommit):
                 committed()
                 self._lock_and_catch_up(held)
                 return
-            with self._conn_for(self._lock_and_catch_up) as conn:
+            with self._conn_for(self._lock_and_catch_up, "_commit_conn") as conn:
                 committed = self._push_files(conn)
                 conn.execute("COMMIT")
                 committed()
