@@ -49,7 +49,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from storage.base import READS_SINCE, Change, Describe, GroupCommit, Pending, Record, Snapshot, Table, Txn
+from storage.base import READS_SINCE, Change, Describe, GroupCommit, Pending, Record, Snapshot, Table, Txn, reads_since
 from storage.errors import (
     CommitUnknownError,
     JournalTruncatedError,
@@ -249,6 +249,12 @@ def _bytea(value: bytes | None) -> bytes | None:
     """A bytea in text format (``\\x`` and hex digits)."""
     return None if value is None else bytes.fromhex(value[2:].decode())
 
+
+FOLLOW_DELAY = 0.01
+"""Seconds the listening thread waits after a notification before it asks the database for the
+commit: a server under load takes the commit in meanwhile with the check of a request (which it
+makes anyway), and the thread then has nothing to ask; an idle one shows it on its live feed that
+much later."""
 
 RACY_NS = 2_000_000_000
 """A folder whose time was less than this (ns) older than the moment it was looked at is read again
@@ -872,7 +878,7 @@ class PgStore(GroupCommit):
             conn: psycopg.Connection | None = None
             last = 0.0
             while not stop.is_set():
-                latest = 0
+                latest, received = 0, None
                 try:
                     if conn is None or conn.closed:
                         conn = psycopg.connect(url, autocommit=True)
@@ -880,7 +886,9 @@ class PgStore(GroupCommit):
                     # Every notification that came in together makes one round: under a stream of
                     # commits, one catch-up per wake-up rather than one per commit.
                     for note in conn.notifies(timeout=interval, stop_after=1):
-                        latest = _seq_of(note.payload)
+                        latest, received = _seq_of(note.payload), time.monotonic()
+                    if received is not None:  # a request's check may take it in meanwhile
+                        stop.wait(FOLLOW_DELAY)
                     for note in conn.notifies(timeout=0, stop_after=1000):
                         latest = max(latest, _seq_of(note.payload))
                 except psycopg.Error:
@@ -892,14 +900,16 @@ class PgStore(GroupCommit):
                 store = ref()
                 if store is None:
                     break
-                # A notification of this process's own commit (its snapshot already holds it) asks
-                # for nothing, unless the last round is an interval old.
+                # A commit that this process's snapshot already holds (its own, or one a request's
+                # check took in) asks for nothing, unless the last round is an interval old; one
+                # that it does not hold asks, unless a check sent since the notification came did.
                 if 0 < latest <= store._snap.seq and time.monotonic() - last < interval:
                     del store
                     continue
                 last = time.monotonic()
                 try:
-                    store.maintain()
+                    with reads_since(received) if received is not None else contextlib.nullcontext():
+                        store.maintain()
                 except Exception:  # the thread must outlive any one bad round
                     log.exception("storage maintenance failed")
                 del store
