@@ -3,6 +3,7 @@ public form and that form's ETag. Pure functions, used by every other part."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import unicodedata
 from collections.abc import Mapping
@@ -72,6 +73,7 @@ def fold(text: str | None) -> str:
     return " ".join(text.split()).casefold() if text else ""
 
 
+@functools.lru_cache(maxsize=4096)  # a catalogue has far fewer authors than books: most calls repeat one
 def author_key(name: str | None) -> str:
     """An author's name as the upsert rules compare it: without case, accents, punctuation or
     a suffix such as "Jr." ("Mariana Enríquez" is "Mariana Enriquez", "J.R.R. Tolkien" is

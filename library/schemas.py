@@ -38,6 +38,8 @@ one-line text such as a title, a name or an email needs, and the stuff of look-a
 def hidden_characters(text: str, joiners: bool = True) -> list[str]:
     """The invisible or control characters of ``text``, as ``U+XXXX`` (each once). A joiner counts
     unless ``joiners`` allows it and it stands between two visible characters."""
+    if text.isprintable():  # no character of a category Python calls unprintable: none of HIDDEN, no joiner
+        return []
     found = set()
     for i, c in enumerate(text):
         if c in JOINERS:

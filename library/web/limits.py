@@ -34,6 +34,11 @@ def init_limits(app: Flask) -> Limiter:
     # The limited views' wrappers check their limits themselves; the check flask-limiter also runs
     # before every request is for default and application-wide limits, which this app has none of.
     app.before_request_funcs[None].remove(limiter._check_request_limit)
+    # Its after-request hook adds headers (disabled above) and deducts conditional costs (none
+    # here): work on every answer for nothing.
+    app.after_request_funcs[None] = [
+        f for f in app.after_request_funcs[None] if getattr(f, "func", None) is not Limiter._Limiter__inject_headers
+    ]
     for endpoint, setting in LIMITED.items():
         value = str(app.config[setting] or "").strip()
         if value:
