@@ -399,14 +399,17 @@ class PgStore(GroupCommit):
             conn = getattr(self, own)
             try:
                 if conn is None or conn.closed:
+                    conn = None  # a connection that cannot be made is not tried twice
                     conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self._lock_timeout)))
+                    setattr(self, own, conn)  # closed below if it cannot even be configured
                     self._configure(conn)
-                    setattr(self, own, conn)
                 first(conn)
-            except psycopg.OperationalError as exc:  # the connection is dropped, whatever its state
+            except psycopg.Error as exc:  # the connection is dropped, whatever its state
                 if conn is not None:
                     with suppress(psycopg.Error):
                         conn.close()
+                if not isinstance(exc, psycopg.OperationalError):
+                    raise
                 if attempt == 0 and conn is not None:
                     continue
                 raise StoreUnavailableError(f"The database cannot be reached: {_reason(exc)}") from exc
