@@ -14,9 +14,11 @@ journal's later changes on top. Before a checkpoint renames a file into place it
 file's identity (inode, size, mtime, seq) in the journal, so every process can tell a checkpoint from
 a person's edit, which is taken in like any change (see :meth:`JsonStore.maintain`).
 
-Readers never take the lock: one ``stat`` of the journal tells them whether anything was committed,
-and they apply only the lines another process appended. A short in-process mutex guards the
-in-memory state; it is never held while waiting for the lock or for an fsync.
+Readers do not take the lock: one ``stat`` of the journal tells them whether anything was committed,
+and they apply only the lines another process appended. The one exception is a journal another
+process started again (a repair): what was committed since is only in the files that process wrote,
+and those are read as one state under the lock. A short in-process mutex guards the in-memory
+state; it is never held while waiting for the lock or for an fsync.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from storage.files import (
     _File,
     _now,
     _read_all,
+    _read_from,
 )
 from storage.journal import stat_of
 from storage.upkeep import Upkeep
@@ -124,6 +127,7 @@ class JsonStore(Upkeep, GroupCommit):
         self._jfd = -1
         self._poisoned: str | None = None
         self._accept_lost_journal = False
+        self._reload_after = 0.0  # a reader's reload failed: readers wait until then to try again
         self._lineage = ""
         self._closed = False
         self._worker: threading.Thread | None = None
@@ -151,13 +155,36 @@ class JsonStore(Upkeep, GroupCommit):
 
     def snapshot(self) -> Snapshot:
         if not self._fresh():
+            problem = None
             with self._state:
                 if not self._appending:
                     try:
-                        self._catch_up(locked=False)
+                        problem = self._catch_up(locked=False)
                     except (CorruptFileError, OSError) as exc:  # readers keep the last good state
                         self._note_journal_problem(f"unreadable ({exc})")
+            if problem == RELOAD:
+                self._reload()
         return self._snap
+
+    def _reload(self) -> None:
+        """Another process started the journal again (it repaired a damaged one): the commits
+        acknowledged since are only in the files it wrote and in its new journal, so take them in
+        now, under the lock, instead of answering from a state that lacks them. When that cannot be
+        done, the last good state stays and the journal is reported as not followed (the background
+        round tries again; readers after a second, so that they do not each wait for the lock)."""
+        with self._commit_mutex:
+            # Another thread of this process may have reloaded (or failed to) while this one waited.
+            if self._fresh() or time.monotonic() < self._reload_after:
+                return
+            try:
+                with self._locked():
+                    self._catch_up(locked=True)
+            except (StorageError, OSError) as exc:
+                log.debug("%s: not reloaded yet: %s", self.journal_path, exc)
+                self._reload_after = time.monotonic() + 1.0
+                with self._state:
+                    if not self._health.journal_problem:
+                        self._note_journal_problem(RELOAD)
 
     @property
     def seq(self) -> int:
@@ -403,10 +430,12 @@ class JsonStore(Upkeep, GroupCommit):
             return False
         return st.st_ino == self._jino and st.st_size == self._joffset and not self._health.journal_problem
 
-    def _catch_up(self, locked: bool) -> None:
+    def _catch_up(self, locked: bool) -> str | None:
         """Apply what other processes committed. With the lock held, also cut off a torn tail and
         repair a journal that was deleted, truncated or replaced under the running server.
 
+        :returns: None, or (without the lock) what is wrong with the journal: :data:`RELOAD` when
+            another process started it again, which only a reload under the lock takes in.
         :raises StoreUnavailableError: (locked) when the journal was damaged and this process does
             not hold every committed change.
         """
@@ -414,20 +443,24 @@ class JsonStore(Upkeep, GroupCommit):
             problem = self._journal_state(locked)
             if problem is None:
                 self._health.journal_problem = None
-                return
+                return None
             if problem == RELOAD:
-                return  # another process restarted the journal: the next locked round reloads
+                return problem  # another process restarted the journal: see _reload
             self._note_journal_problem(problem)
             if locked:
                 self._recover_journal(problem)
+                return None
+            return problem
 
     def _journal_state(self, locked: bool) -> str | None:
         """Follow the journal; returns None when it is sound, else what is wrong with it."""
         try:
             st = os.stat(self.journal_path)
         except FileNotFoundError:
+            self._read_to_end()
             return "deleted"
         if st.st_ino != self._jino:
+            self._read_to_end()
             judged = self._health.judged
             if not locked and judged is not None and judged[:2] == (st.st_ino, st.st_size):
                 return judged[2]
@@ -450,6 +483,19 @@ class JsonStore(Upkeep, GroupCommit):
                 log.warning("%s: cutting off an interrupted write at its end", self.journal_path)
                 os.ftruncate(self._jfd, self._joffset)
         return None
+
+    def _read_to_end(self) -> None:
+        """Take in the commits the journal this process has open holds past what it read, though
+        that file is no longer the one at the journal's path (deleted, or replaced): they were
+        acknowledged, and a process that had not looked since would otherwise go on answering
+        without them. State mutex held."""
+        with suppress(CorruptFileError, OSError):
+            data = _read_from(self._jfd, self._joffset)
+            parsed = journal.parse(data, self.journal_path, self._jline + 1, at_start=False)
+            for commit in parsed.commits:
+                self._apply_commit(commit)
+            self._joffset += parsed.consumed
+            self._jline += parsed.lines
 
     def _follow_new_journal(self, st: os.stat_result, locked: bool) -> str | None:
         """Another file is at the journal's path: a compaction or recovery by another process

@@ -54,14 +54,8 @@ class Upkeep:
 
         :raises StoreUnavailableError: when another process may hold changes this one lacks.
         """
-        if problem == "deleted" and self._jfd >= 0:
-            # The file is gone from the folder but still open here: read what it still holds.
-            with suppress(CorruptFileError, OSError):
-                data = _read_from(self._jfd, self._joffset)
-                parsed = journal.parse(data, self.journal_path, self._jline + 1, at_start=False)
-                for commit in parsed.commits:
-                    self._apply_commit(commit)
-                self._joffset += parsed.consumed
+        if problem == "deleted":
+            self._read_to_end()  # the file is gone from the folder but still open here
         head = self._read_head()
         waited = time.monotonic() - self._health.problem_since
         if head > self._snap.seq and waited < 10:

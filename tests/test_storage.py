@@ -995,6 +995,37 @@ def test_a_journal_deleted_under_two_servers_is_repaired_from_what_it_still_hold
     assert titles(open_store(tmp_path)) == ["a", "b", "from b"]
 
 
+def test_a_process_that_had_not_looked_never_answers_without_what_others_committed_before_a_repair(tmp_path):
+    """Two workers: b took no request while a committed, then the journal was deleted and a
+    repaired it. b's readers must not answer from the state b had before (an empty catalogue)."""
+    a, b = open_store(tmp_path), open_store(tmp_path)
+    for i in range(3):
+        add(a, f"Book {i}")  # b has not looked since it opened
+    (tmp_path / "journal.jsonl").unlink()
+    assert titles(b) == ["Book 0", "Book 1", "Book 2"]  # still in the journal b has open
+    assert not b.health()["writable"]
+    add(a, "Later")  # a repairs the journal (a new one, from its files) and commits to it
+    assert titles(b) == ["Book 0", "Book 1", "Book 2", "Later"]
+    assert b.health()["writable"]
+    add(b, "From b")
+    assert titles(a) == titles(open_store(tmp_path)) == ["Book 0", "Book 1", "Book 2", "Later", "From b"]
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_reader_takes_in_a_repair_by_another_process_before_it_answers(tmp_path, damage):
+    a, b = open_store(tmp_path), open_store(tmp_path)
+    add(a, "before")
+    assert titles(b) == ["before"]
+    if damage == "delete":
+        (tmp_path / "journal.jsonl").unlink()
+    else:
+        os.truncate(tmp_path / "journal.jsonl", 0)
+    a.maintain()  # a repairs: b's background round has not run yet
+    add(a, "acknowledged after the repair")
+    assert titles(b) == ["before", "acknowledged after the repair"]
+    assert b.health()["writable"]
+
+
 def test_a_list_file_typed_by_hand_gives_out_ids_from_1(tmp_path):
     (tmp_path / "books.json").write_text("[]")  # no header: no next_id
     assert add(open_store(tmp_path), "first")["id"] == 1
