@@ -368,7 +368,13 @@ class PgStore(GroupCommit):
     def _configure(self, conn: psycopg.Connection) -> None:
         """A new pooled connection: how long any statement waits for a lock (the commit lock above
         all), set once here rather than in every transaction, and the hot statements prepared."""
+        # psycopg's own prepared statements are off: its rollback() deallocates every prepared
+        # statement of the connection (ours too) once it has prepared one of its own. Results are
+        # read as UTF-8 text with bytea in hex, whatever the database's or role's defaults.
+        conn.prepare_threshold = None
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(self._lock_timeout * 1000)}ms",))
+        conn.execute("SET client_encoding = 'UTF8'")
+        conn.execute("SET bytea_output = 'hex'")
         for name, text in ((_CHECK, _CHECK_SQL), (_COMMIT, _COMMIT_SQL)):
             _result(conn, conn.pgconn.prepare(name, text))
 
@@ -403,7 +409,12 @@ class PgStore(GroupCommit):
                     conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self._lock_timeout)))
                     setattr(self, own, conn)  # closed below if it cannot even be configured
                     self._configure(conn)
-                first(conn)
+                try:
+                    first(conn)
+                except BaseException:  # never leave the commit lock held by a connection kept for later
+                    if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                        conn.close()
+                    raise
             except psycopg.Error as exc:  # the connection is dropped, whatever its state
                 if conn is not None:
                     with suppress(psycopg.Error):
@@ -419,6 +430,8 @@ class PgStore(GroupCommit):
                 if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
                     with suppress(psycopg.Error):
                         conn.rollback()
+                    if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                        conn.close()
             return
 
     # -- reading ---------------------------------------------------------------------------------

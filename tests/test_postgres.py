@@ -191,6 +191,57 @@ def test_connections_cut_by_the_database_cost_no_refused_write_and_no_stale_read
         two.close()
 
 
+def test_writes_go_on_after_rollbacks_of_a_connection_that_shared_files(tmp_path):
+    """Commits that share files run statements of their own; rolling back afterwards (an
+    exclusive block, a write that timed out waiting for the lock) must not lose the statements
+    every commit needs."""
+    from storage import LockTimeoutError
+    from storage.postgres import PgStore
+
+    url = fresh_database(str(tmp_path))
+    store = PgStore(url, ("books",), directory=tmp_path / "one", lock_timeout=0.3)
+    other = PgStore(url, ("books",), directory=tmp_path / "two")
+    try:
+        (tmp_path / "one" / "uploads").mkdir(parents=True)
+        for i in range(7):
+            (tmp_path / "one" / "uploads" / f"f{i}.txt").write_bytes(b"x%d" % i)
+            store.update(lambda txn, i=i: txn.insert("books", {"title": f"t{i}"}))
+        with store.exclusive():
+            pass
+        with other.exclusive(), pytest.raises(LockTimeoutError):
+            store.update(lambda txn: txn.insert("books", {"title": "refused"}))
+        store.update(lambda txn: txn.insert("books", {"title": "after"}))
+        assert other.snapshot().count("books") == 8
+    finally:
+        store.close()
+        other.close()
+
+
+def test_a_catch_up_that_fails_under_the_lock_does_not_keep_it(tmp_path):
+    """A server whose catch-up fails after the commit lock was granted (here a file it cannot
+    write: a folder stands at its name) refuses its own write but does not hold every other
+    server's writes off."""
+    from storage import LockTimeoutError
+    from storage.postgres import PgStore
+
+    url = fresh_database(str(tmp_path))
+    one = PgStore(url, ("books",), directory=tmp_path / "one", lock_timeout=2)
+    two = PgStore(url, ("books",), directory=tmp_path / "two", lock_timeout=2)
+    try:
+        (tmp_path / "two" / "uploads" / "x.txt").mkdir(parents=True)
+        (tmp_path / "one" / "uploads").mkdir(parents=True)
+        (tmp_path / "one" / "uploads" / "x.txt").write_bytes(b"shared")
+        one.update(lambda txn: txn.insert("books", {"title": "one"}))
+        with pytest.raises(Exception) as refused:
+            two.update(lambda txn: txn.insert("books", {"title": "two"}))
+        assert not isinstance(refused.value, LockTimeoutError)
+        one.update(lambda txn: txn.insert("books", {"title": "one again"}))  # not locked out
+        assert [b["title"] for b in one.snapshot().records("books").values()] == ["one", "one again"]
+    finally:
+        one.close()
+        two.close()
+
+
 def test_files_reach_every_server_and_one_removed_is_never_put_back(tmp_path):
     """A commit reads the files folder only when it changed (or changed so recently that a file
     written in the same tick of the file system's clock would leave its time as it was); a file
