@@ -237,12 +237,9 @@ def _values(result: pq.abc.PGresult) -> list[list[bytes | None]]:
     return [[result.get_value(row, col) for col in range(width)] for row in range(result.ntuples)]
 
 
-def _int(value: bytes | None) -> int | None:
-    return None if value is None else int(value)
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode()
+def _changes(answer: list[list[bytes | None]]) -> list[tuple[int, str, int, bytes | None]]:
+    """The changes of a check's or the lock's answer (columns 3-6: seq, collection, id, record)."""
+    return [(int(r[3]), r[4].decode(), int(r[5]), r[6]) for r in answer if r[3] is not None]  # type: ignore[arg-type,union-attr]
 
 
 def _bytea(value: bytes | None) -> bytes | None:
@@ -536,7 +533,7 @@ class PgStore(GroupCommit):
         if since < floor:
             self._fell_behind(since, floor)
             return
-        rows = [(int(r[3]), _text(r[4]), int(r[5]), r[6]) for r in answer if r[3] is not None]  # type: ignore[arg-type]
+        rows = _changes(answer)
         # After the changes: a file is committed with (or before) the first change naming it, so
         # every file a change read above names is in this answer.
         files = conn.execute(_FILES_AFTER, (files_since,)).fetchall() if files_seq != files_since else []
@@ -561,9 +558,8 @@ class PgStore(GroupCommit):
             self._fell_behind(since, floor)
         else:
             if seq != since or files_seq != files_since:
-                changes = [(int(r[3]), _text(r[4]), int(r[5]), r[6]) for r in answer if r[3] is not None]  # type: ignore[arg-type]
-                files = [(_text(r[7]), _bytea(r[8]), int(r[9])) for r in answer if r[7] is not None]  # type: ignore[arg-type]
-                self._take_in(changes, files, files_seq)
+                files = [(r[7].decode(), _bytea(r[8]), int(r[9])) for r in answer if r[7] is not None]  # type: ignore[arg-type,union-attr]
+                self._take_in(_changes(answer), files, files_seq)
             self._problem = None
         self._checked(sent)
 
@@ -906,7 +902,7 @@ class PgStore(GroupCommit):
                     if received is not None:  # a request's check may take it in meanwhile
                         stop.wait(FOLLOW_DELAY)
                     for note in conn.notifies(timeout=0, stop_after=1000):
-                        latest = max(latest, _seq_of(note.payload))
+                        latest, received = max(latest, _seq_of(note.payload)), time.monotonic()
                 except psycopg.Error:
                     if conn is not None:
                         with suppress(psycopg.Error):
@@ -941,8 +937,7 @@ class PgStore(GroupCommit):
         self._problem = reason if isinstance(exc, StorageError) else f"The database cannot be reached: {reason}"
 
     def health(self) -> dict[str, Any]:
-        with self._check_mutex:  # a check of its own, through the connection the checks use
-            self._check()
+        self.snapshot()  # a check sent now, shared with the readers and health calls that wait for one
         problems = [{"file": "database", "problem": self._problem}] if self._problem else []
         return {
             "writable": not problems,
