@@ -135,6 +135,43 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE library_files ALTER COLUMN data DROP NOT NULL;
     """,
+    # 4: the changes and files after ours are read through their seq index whatever the tables'
+    # size when a session first planned library_lock. A plan is cached per session: one made while
+    # library_changes was a few pages (a new database, the first minutes of a migrated one) read the
+    # whole table under the commit lock for as long as the server ran, while the table grew to the
+    # journal's length, so every commit of every server waited for a scan of the journal. Each
+    # statement has an index to go by (none is left to a scan made dear, which would cross the JIT
+    # threshold: compiling each call), and JIT is off for a function that reads a few rows.
+    """
+    CREATE OR REPLACE FUNCTION library_lock(since bigint, files_since bigint)
+    RETURNS TABLE (seq bigint, files bigint, floor bigint, change_seq bigint, collection text, id bigint,
+                   record text, file_name text, file_data bytea, file_seq bigint)
+    LANGUAGE plpgsql VOLATILE
+    SET enable_seqscan = off
+    SET jit = off
+    AS $$
+    DECLARE
+        head library_seq%ROWTYPE;
+    BEGIN
+        SELECT * INTO head FROM library_seq s WHERE s.id = 1 FOR UPDATE;
+        RETURN QUERY SELECT head.seq, head.files, head.floor, NULL::bigint, NULL::text, NULL::bigint,
+                            NULL::text, NULL::text, NULL::bytea, NULL::bigint;
+        IF since < head.floor THEN
+            RETURN;
+        END IF;
+        IF head.seq <> since THEN
+            RETURN QUERY SELECT head.seq, head.files, head.floor, c.seq, c.collection, c.id, c.record::text,
+                                NULL::text, NULL::bytea, NULL::bigint
+                         FROM library_changes c WHERE c.seq > since AND c.seq <= head.seq ORDER BY c.seq;
+        END IF;
+        IF head.files <> files_since THEN
+            RETURN QUERY SELECT head.seq, head.files, head.floor, NULL::bigint, NULL::text, NULL::bigint,
+                                NULL::text, f.name, f.data, f.seq
+                         FROM library_files f WHERE f.seq > files_since AND f.seq <= head.files ORDER BY f.seq;
+        END IF;
+    END
+    $$;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -182,7 +219,8 @@ def migrate(url: str, timeout: float = 60.0) -> int:
 _CHECK = b"library_check"
 _CHECK_SQL = (
     b"SELECT s.seq, s.files, s.floor, c.seq, c.collection, c.id, c.record::text FROM library_seq s "
-    b"LEFT JOIN library_changes c ON c.seq > $1::bigint AND c.seq <= s.seq AND s.floor <= $1::bigint ORDER BY c.seq"
+    b"LEFT JOIN library_changes c ON c.seq > $1::bigint AND c.seq <= s.seq AND s.floor <= $1::bigint "
+    b"WHERE s.id = 1 ORDER BY c.seq"
 )
 _FILES_AFTER = "SELECT name, data, seq FROM library_files WHERE seq > %s ORDER BY seq"
 # A commit's writes in one statement (the changes, the records put and deleted, the next ids, the
@@ -406,6 +444,11 @@ class PgStore(GroupCommit):
                     conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self._lock_timeout)))
                     setattr(self, own, conn)  # closed below if it cannot even be configured
                     self._configure(conn)
+                    if own == "_check_conn":
+                        # Its statements read by key or by a range of seq (with an index for each):
+                        # no plan cached for its life may scan a table that was small when it was
+                        # made (see migration 4). JIT never pays for a few rows.
+                        conn.execute("SET enable_seqscan = off; SET jit = off")
                 try:
                     first(conn)
                 except BaseException:  # never leave the commit lock held by a connection kept for later

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -231,6 +232,50 @@ def test_a_catch_up_that_fails_under_the_lock_does_not_keep_it(tmp_path):
             two.update(lambda txn: txn.insert("books", {"title": "two"}))
         one.update(lambda txn: txn.insert("books", {"title": "one again"}))  # not locked out
         assert [b["title"] for b in one.snapshot().records("books").values()] == ["one", "one again"]
+
+
+def test_a_journal_that_grew_after_start_is_read_by_its_index_not_scanned(tmp_path):
+    """Two servers that started on a new database (a few changes, analyzed as autovacuum does)
+    and then took in a large import: the lock of a commit and the check of a read ask for the
+    changes after theirs through the seq index, not by reading the whole journal. A plan is kept
+    for a connection's life; one made while the journal was small scanned the whole table on every
+    check ever after, and in the lock it held every server's writes meanwhile."""
+    from storage.postgres import _CHECK, PgStore
+
+    def scans(conn: psycopg.Connection, statement: Callable[[], object]) -> int:
+        """Sequential scans of library_changes by ``statement``, in ``conn``'s open transaction."""
+        query = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'library_changes'"
+        before = conn.execute(query).fetchone()[0]
+        statement()
+        return conn.execute(query).fetchone()[0] - before
+
+    def both_write(rounds: int) -> None:  # each catches up with the other's change in its lock and its check
+        for i in range(rounds):
+            one.update(lambda txn, i=i: txn.insert("books", {"title": f"one {i}"}))
+            two.update(lambda txn, i=i: txn.insert("books", {"title": f"two {i}"}))
+            one.snapshot(), two.snapshot()
+
+    def import_(txn):
+        for i in range(20_000):
+            txn.insert("books", {"title": f"imported {i}"})
+
+    url = fresh_database(str(tmp_path))
+    with closing(PgStore(url, ("books",))) as one, closing(PgStore(url, ("books",))) as two:
+        both_write(2)
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("ANALYZE library_changes")
+        both_write(8)
+        two.update(import_)
+        assert one.snapshot().count("books") == 20_020  # its check took the import in
+        two.update(lambda txn: txn.insert("books", {"title": "after"}))
+        since = two.snapshot().seq - 1
+        check = one._check_conn
+        with check.transaction():
+            assert scans(check, lambda: check.pgconn.exec_prepared(_CHECK, [b"%d" % since])) == 0
+        with one.exclusive() as snap:  # the lock took the last change in
+            assert snap.count("books") == 20_021
+            lock = one._commit_conn
+            assert scans(lock, lambda: lock.execute("SELECT count(*) FROM library_lock(%s, 0)", (since,))) == 0
 
 
 def test_files_reach_every_server_and_one_removed_is_never_put_back(tmp_path):
