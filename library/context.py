@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flask import current_app
+from flask import current_app, g
 
-from library import catalogue, circulation, members
+from library import auth, catalogue, circulation, members
 from library.catalogue import WriterIndex
-from library.errors import PermissionDenied
+from library.errors import PermissionDenied, TokenEnded
 from library.readmodel import CatalogueView
 from storage import (
     JsonStore,
@@ -47,6 +47,11 @@ def write_books(updater: Callable[..., Any], actor: dict[str, Any] | None = None
     """Run a catalogue write in one transaction, with the writer's index up to date; ``actor``
     must still be a librarian (or admin) as the transaction sees them."""
 
+    # The library the actor's token was issued by (its identity and generation), as signing in
+    # read it: a token that "sign everyone out" or a restore ended since is refused here, under
+    # the lock, whatever state the signing-in was read against.
+    issued = g.get("signed_in_library") if actor is not None else None
+
     # Group commit may run this updater on another request's thread (or the housekeeper's): it
     # must not touch the request or the app context, only what was captured here.
     def run(txn: Any) -> Any:
@@ -54,6 +59,9 @@ def write_books(updater: Callable[..., Any], actor: dict[str, Any] | None = None
             current = members.actor_in(txn, actor["id"])
             if current.get("token_version", 0) != actor.get("token_version", 0):
                 raise PermissionDenied("Your role changed; sign in again")
+            library = auth.library_of(txn)
+            if issued is not None and (library is None or (library["identity"], library["generation"]) != issued):
+                raise TokenEnded("The token is no longer valid; sign in again")
         return updater(txn)
 
     return catalogue.with_index(store(), writer_index(), run)

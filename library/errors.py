@@ -27,6 +27,16 @@ class PermissionDenied(DomainError):
     status = 403
 
 
+class TokenEnded(DomainError):
+    """A bearer token that stopped being valid (everyone signed out, a restore) while its request
+    was on its way to the write; the client signs in again."""
+
+    status = 401
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("WWW-Authenticate", 'Bearer realm="library_api", error="invalid_token"')]
+
+
 class LockedOut(DomainError):
     """Too many failed sign-ins for one email; ``retry_after`` is in seconds, ``until`` the moment
     (UTC) the lockout ends."""

@@ -384,6 +384,13 @@ class Store(abc.ABC):
             earlier state of it is known to this process.
         """
 
+    def held(self) -> Snapshot:
+        """The latest state this process holds, without asking for commits of other processes
+        that it has not taken in yet: for a caller that checks again in a transaction (under the
+        lock), and asks :meth:`snapshot` when what it found there does not do. The JSON files
+        read what other processes wrote locally and cheaply, so this is :meth:`snapshot` there."""
+        return self.snapshot()
+
     @abc.abstractmethod
     def update(self, updater: Callable[[Txn], T]) -> T:
         """Run ``updater`` on a fresh view under the store's lock and commit what it changed.

@@ -135,6 +135,32 @@ def test_two_apps_on_one_database_see_each_others_writes_and_files(tmp_path):
         two.extensions["library_store"].close()
 
 
+def test_a_write_signs_in_against_what_its_server_holds_and_is_checked_again_under_the_lock(tmp_path):
+    """A book write reads its token against the state its server holds (no round trip to the
+    database), so what another server changed a moment ago is checked where it counts: a token
+    that everyone's sign-out ended is refused in the write's transaction, and a librarian just
+    made on the other server is found by asking for the latest."""
+    url = fresh_database(str(tmp_path))
+    one, two = pg_app(url, tmp_path / "one"), pg_app(url, tmp_path / "two")
+    try:
+        admin, librarian = client_as(one, "admin"), client_as(one, "librarian")
+        assert titles(two) == []  # two has taken in both members
+        assert admin.post("/auth/sign-out-everyone").status_code == 200
+        on_two = two.test_client()
+        answer = on_two.post("/books", json=BOOK, headers={"Authorization": librarian.environ_base["HTTP_AUTHORIZATION"]})
+        assert answer.status_code == 401 and answer.get_json()["detail"] == "The token is no longer valid; sign in again"
+        assert 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
+        assert titles(one) == [] and titles(two) == []
+        newcomer = client_as(one, "librarian")  # made on one after two last looked
+        token = newcomer.environ_base["HTTP_AUTHORIZATION"]
+        created = on_two.post("/books", json=BOOK, headers={"Authorization": token})
+        assert created.status_code == 201
+        assert titles(one) == [BOOK["title"]]
+    finally:
+        one.extensions["library_store"].close()
+        two.extensions["library_store"].close()
+
+
 def test_a_database_newer_than_the_code_is_refused(tmp_path):
     url = fresh_database(str(tmp_path))
     with psycopg.connect(url, autocommit=True) as conn:

@@ -85,7 +85,7 @@ def list_books() -> Response:
 )
 def create_book() -> Response:
     """Add a book, or update the one with the same ISBN or title, author and year (200)."""
-    actor = signed_in("librarian")
+    actor = signed_in("librarian", rechecked=True)
     data = book_schema.load(json_body())
     index, moment = writer_index(), stamp(now())
     book, outcome = write_books(lambda txn: catalogue.upsert_book(txn, index, data, moment), actor)
@@ -117,7 +117,7 @@ def get_book(book_id: int) -> Response:
 @documented(body=BookSchema, response=BookSchema, errors=(400, 404, 409, 412, 415, 422), auth="librarian")
 def replace_book(book_id: int) -> Response:
     """Replace a book: fields left out are cleared."""
-    actor = signed_in("librarian")
+    actor = signed_in("librarian", rechecked=True)
     data = book_schema.load(json_body())
     index, moment, condition = writer_index(), stamp(now()), if_match()
     book = write_books(lambda txn: catalogue.replace_book(txn, index, book_id, data, moment, condition), actor)
@@ -128,7 +128,7 @@ def replace_book(book_id: int) -> Response:
 @documented(body=BookSchema, partial=True, response=BookSchema, errors=(400, 404, 409, 412, 415, 422), auth="librarian")
 def update_book(book_id: int) -> Response:
     """Change some fields of a book."""
-    actor = signed_in("librarian")
+    actor = signed_in("librarian", rechecked=True)
     data = book_patch_schema.load(json_body())
     index, moment, condition = writer_index(), stamp(now()), if_match()
     book = write_books(lambda txn: catalogue.patch_book(txn, index, book_id, data, moment, condition), actor)
@@ -139,7 +139,7 @@ def update_book(book_id: int) -> Response:
 @documented(response=MessageSchema, errors=(404, 409, 412), auth="librarian")
 def delete_book(book_id: int) -> Response:
     """Delete a book (not while it is on loan)."""
-    actor = signed_in("librarian")
+    actor = signed_in("librarian", rechecked=True)
     condition, moment = if_match(), stamp(now())
     book = write_books(lambda txn: catalogue.delete_book(txn, book_id, condition, moment), actor)
     for field in ("cover_url", "document_url"):  # its files go with it

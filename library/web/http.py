@@ -36,7 +36,7 @@ from library.schemas import (
 from storage import (
     StoreUnavailableError,
 )
-from storage.base import reads_since
+from storage.base import Snapshot, reads_since
 
 log = logging.getLogger("library_api")
 
@@ -205,9 +205,14 @@ def unauthorized(detail: str, invalid_token: bool = False) -> Unauthorized:
     return Unauthorized(detail, www_authenticate=WWWAuthenticate("bearer", params))
 
 
-def signed_in(role: str = "member") -> dict[str, Any]:
+def signed_in(role: str = "member", *, rechecked: bool = False) -> dict[str, Any]:
     """The member the request's bearer token signs in, as the store has them now.
 
+    :param rechecked: the request writes through :func:`write_books`, which checks the member,
+        their token version and the library's generation again in its transaction, under the
+        commit lock. The token is then read against the state this process holds, without asking
+        the store for newer commits of other processes (a round trip to the database), and only a
+        token that fails there is read again against the latest state.
     :raises Unauthorized: without a token, or with one that is forged, expired, for a member who
         is gone, or issued before their role changed.
     :raises Forbidden: when their role is below ``role``.
@@ -218,11 +223,26 @@ def signed_in(role: str = "member") -> dict[str, Any]:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("Send the token as Authorization: Bearer <token>", invalid_token=True)
-    snap = store().snapshot()
+    library_store = store()
+    if rechecked:
+        held = library_store.held()
+        try:
+            return _member_of(held, token.strip(), role)
+        except (Unauthorized, Forbidden, StoreUnavailableError):
+            latest = library_store.snapshot()  # perhaps a change this process had not taken in
+            if latest is held:
+                raise
+        return _member_of(latest, token.strip(), role)
+    return _member_of(library_store.snapshot(), token.strip(), role)
+
+
+def _member_of(snap: Snapshot, token: str, role: str) -> dict[str, Any]:
+    """:func:`signed_in` against ``snap``. The library the token was issued by (its identity and
+    generation) is kept in ``g.signed_in_library`` for a write to check again."""
     library = auth.library_of(snap) or {"identity": "", "generation": 0}  # none yet: nothing is valid
     try:
         claims = auth.read_token(
-            current_app.extensions["library_secret"], token.strip(), library, int(current_app.config["TOKEN_TTL"])
+            current_app.extensions["library_secret"], token, library, int(current_app.config["TOKEN_TTL"])
         )
     except auth.TokenError as exc:
         raise unauthorized(str(exc), invalid_token=True) from None
@@ -236,6 +256,7 @@ def signed_in(role: str = "member") -> dict[str, Any]:
         raise unauthorized("The token is no longer valid; sign in again", invalid_token=True)
     if not members.at_least(member, role):
         raise Forbidden(f"Only {ROLE_NAMES[role]} can do this")
+    g.signed_in_library = (library["identity"], claims.generation)
     return member
 
 
