@@ -12,9 +12,9 @@ from typing import Any
 
 from flask import current_app, g
 
-from library import auth, catalogue, circulation, members
+from library import auth, catalogue, circulation
 from library.catalogue import WriterIndex
-from library.errors import PermissionDenied, TokenEnded
+from library.errors import TokenEnded
 from library.readmodel import CatalogueView
 from storage import (
     JsonStore,
@@ -48,19 +48,26 @@ def write_books(updater: Callable[..., Any], actor: dict[str, Any] | None = None
     must still be a librarian (or admin) as the transaction sees them."""
 
     # The library the actor's token was issued by (its identity and generation), as signing in
-    # read it: a token that "sign everyone out" or a restore ended since is refused here, under
-    # the lock, whatever state the signing-in was read against.
-    issued = g.get("signed_in_library") if actor is not None else None
+    # read it: with the member's token version, checked again here, under the lock, whatever
+    # state the signing-in was read against (a book write's is the one its server holds).
+    issued = None
+    if actor is not None:
+        issued = g.get("signed_in_library")
+        if issued is None:
+            raise RuntimeError("write_books(actor=...) needs the actor signed in by signed_in() first")
 
     # Group commit may run this updater on another request's thread (or the housekeeper's): it
     # must not touch the request or the app context, only what was captured here.
     def run(txn: Any) -> Any:
         if actor is not None:
-            current = members.actor_in(txn, actor["id"])
-            if current.get("token_version", 0) != actor.get("token_version", 0):
-                raise PermissionDenied("Your role changed; sign in again")
+            current = txn.get("members", actor["id"])
             library = auth.library_of(txn)
-            if issued is not None and (library is None or (library["identity"], library["generation"]) != issued):
+            if (
+                current is None
+                or current.get("token_version", 0) != actor.get("token_version", 0)
+                or library is None
+                or (library["identity"], library["generation"]) != issued
+            ):  # gone, their role changed, or everyone was signed out since the token was read
                 raise TokenEnded("The token is no longer valid; sign in again")
         return updater(txn)
 

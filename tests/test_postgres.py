@@ -138,8 +138,8 @@ def test_two_apps_on_one_database_see_each_others_writes_and_files(tmp_path):
 def test_a_write_signs_in_against_what_its_server_holds_and_is_checked_again_under_the_lock(tmp_path):
     """A book write reads its token against the state its server holds (no round trip to the
     database), so what another server changed a moment ago is checked where it counts: a token
-    that everyone's sign-out ended is refused in the write's transaction, and a librarian just
-    made on the other server is found by asking for the latest."""
+    that everyone's sign-out or a demotion ended is refused in the write's transaction (401, as
+    at sign-in), and a librarian just made on the other server is found by asking for the latest."""
     url = fresh_database(str(tmp_path))
     one, two = pg_app(url, tmp_path / "one"), pg_app(url, tmp_path / "two")
     try:
@@ -147,14 +147,21 @@ def test_a_write_signs_in_against_what_its_server_holds_and_is_checked_again_und
         assert titles(two) == []  # two has taken in both members
         assert admin.post("/auth/sign-out-everyone").status_code == 200
         on_two = two.test_client()
-        answer = on_two.post("/books", json=BOOK, headers={"Authorization": librarian.environ_base["HTTP_AUTHORIZATION"]})
-        assert answer.status_code == 401 and answer.get_json()["detail"] == "The token is no longer valid; sign in again"
+        ended = {"Authorization": librarian.environ_base["HTTP_AUTHORIZATION"]}
+        answer = on_two.post("/books", json=BOOK, headers=ended)
+        assert answer.status_code == 401
+        assert answer.get_json()["detail"] == "The token is no longer valid; sign in again"
         assert 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
         assert titles(one) == [] and titles(two) == []
         newcomer = client_as(one, "librarian")  # made on one after two last looked
         token = newcomer.environ_base["HTTP_AUTHORIZATION"]
         created = on_two.post("/books", json=BOOK, headers={"Authorization": token})
         assert created.status_code == 201
+        assert titles(one) == [BOOK["title"]]
+        demoted = client_as(one, "admin").patch(f"/members/{newcomer.member['id']}", json={"role": "member"})
+        assert demoted.status_code == 200  # on one; two has not looked since
+        late = on_two.delete(f"/books/{created.get_json()['id']}", headers={"Authorization": token})
+        assert late.status_code == 401 and 'error="invalid_token"' in late.headers["WWW-Authenticate"]
         assert titles(one) == [BOOK["title"]]
     finally:
         one.extensions["library_store"].close()

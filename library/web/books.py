@@ -22,7 +22,7 @@ from library.context import (
     write_books,
     writer_index,
 )
-from library.errors import PermissionDenied
+from library.errors import PermissionDenied, TokenEnded
 from library.schemas import (
     BookListSchema,
     BookQuerySchema,
@@ -214,7 +214,7 @@ def attach_file(book_id: int, purpose: str) -> Response:
         # Only a change refused or never tried is sure not to point at the file: a commit that
         # failed late may be in the journal, and the file must then stay (start-up removes it if
         # no book points at it).
-        if refused or isinstance(exc, PermissionDenied | LockTimeoutError | CorruptFileError):
+        if refused or isinstance(exc, PermissionDenied | TokenEnded | LockTimeoutError | CorruptFileError):
             uploads.remove(store(), name)
         raise
     uploads.remove(store(), file_name(replaced))
