@@ -43,21 +43,26 @@ class Change:
 
 SHIFT = 9
 """Records are kept in buckets of 2**SHIFT consecutive ids: a change copies only its bucket."""
+BUCKETS_SHIFT = 9
+"""Buckets are kept in groups of 2**BUCKETS_SHIFT consecutive buckets: a change copies its group's
+table of buckets too, and the table of groups (four at a million ids), never every bucket's."""
+GROUP_SHIFT = SHIFT + BUCKETS_SHIFT
 
 
 class Records(Mapping[int, Record]):
     """The records of one collection at one moment, by id, iterated in ascending id order.
 
-    Immutable and cheap to derive: :meth:`with_changes` copies only the buckets that a change
-    touches (and the small table of buckets), so a write to a collection of 100,000 records costs
-    its change, not a copy of every record.
+    Immutable and cheap to derive: the records are kept in buckets of 512 consecutive ids, and the
+    buckets in groups of 512 consecutive buckets; :meth:`with_changes` copies only the buckets
+    that a change touches, their groups and the small table of groups, so a write to a collection
+    of a million records costs its change, not a copy of every record nor of every bucket.
     """
 
-    __slots__ = ("_buckets", "_order", "_len")
+    __slots__ = ("_groups", "_order", "_len")
 
-    def __init__(self, buckets: dict[int, dict[int, Record]] | None = None, length: int = 0) -> None:
-        self._buckets = buckets or {}
-        self._order = sorted(self._buckets)
+    def __init__(self, groups: dict[int, dict[int, dict[int, Record]]] | None = None, length: int = 0) -> None:
+        self._groups = groups or {}
+        self._order = sorted(n for group in self._groups.values() for n in group)
         self._len = length
 
     @classmethod
@@ -67,60 +72,68 @@ class Records(Mapping[int, Record]):
 
     def __getitem__(self, record_id: int) -> Record:
         try:
-            return self._buckets[record_id >> SHIFT][record_id]
+            return self._groups[record_id >> GROUP_SHIFT][record_id >> SHIFT][record_id]
         except (KeyError, TypeError):
             raise KeyError(record_id) from None
 
     def get(self, record_id: Any, default: Any = None) -> Any:
         try:
-            return self._buckets[record_id >> SHIFT].get(record_id, default)
+            return self._groups[record_id >> GROUP_SHIFT][record_id >> SHIFT].get(record_id, default)
         except (KeyError, TypeError):
             return default
 
     def __contains__(self, record_id: object) -> bool:
         try:
-            return record_id in self._buckets[record_id >> SHIFT]  # type: ignore[operator]
+            return record_id in self._groups[record_id >> GROUP_SHIFT][record_id >> SHIFT]  # type: ignore[operator]
         except (KeyError, TypeError):
             return False
 
+    def _buckets_in_order(self) -> Iterator[dict[int, Record]]:
+        groups = self._groups
+        return (groups[n >> BUCKETS_SHIFT][n] for n in self._order)
+
     def __iter__(self) -> Iterator[int]:
-        buckets = self._buckets
-        return itertools.chain.from_iterable(buckets[n] for n in self._order)
+        return itertools.chain.from_iterable(self._buckets_in_order())
 
     def __reversed__(self) -> Iterator[int]:
-        buckets = self._buckets
-        return itertools.chain.from_iterable(reversed(buckets[n]) for n in reversed(self._order))
+        groups = self._groups
+        return itertools.chain.from_iterable(reversed(groups[n >> BUCKETS_SHIFT][n]) for n in reversed(self._order))
 
     def __len__(self) -> int:
         return self._len
 
     def values(self) -> Iterator[Record]:  # type: ignore[override]
-        buckets = self._buckets
-        return itertools.chain.from_iterable(buckets[n].values() for n in self._order)
+        return itertools.chain.from_iterable(bucket.values() for bucket in self._buckets_in_order())
 
     def items(self) -> Iterator[tuple[int, Record]]:  # type: ignore[override]
-        buckets = self._buckets
-        return itertools.chain.from_iterable(buckets[n].items() for n in self._order)
+        return itertools.chain.from_iterable(bucket.items() for bucket in self._buckets_in_order())
 
     def last_id(self) -> int:
         """The highest id held, or 0."""
         for n in reversed(self._order):
-            if self._buckets[n]:
-                return next(reversed(self._buckets[n]))
+            bucket = self._groups[n >> BUCKETS_SHIFT][n]
+            if bucket:
+                return next(reversed(bucket))
         return 0
 
     def with_changes(self, entries: Iterable[tuple[int, Record | None]]) -> Records:
         """New records: these with each ``(id, record)`` put, or removed where record is None."""
-        buckets = dict(self._buckets)
-        copied: set[int] = set()
+        old_groups = self._groups
+        groups = dict(old_groups)
+        copied_groups: set[int] = set()
+        copied: dict[int, dict[int, Record]] = {}  # bucket number: its copy
         unordered: set[int] = set()
         length = self._len
         for record_id, record in entries:
             n = record_id >> SHIFT
-            if n not in copied:
-                buckets[n] = dict(buckets.get(n, ()))
-                copied.add(n)
-            bucket = buckets[n]
+            bucket = copied.get(n)
+            if bucket is None:
+                g = n >> BUCKETS_SHIFT
+                if g not in copied_groups:
+                    groups[g] = dict(groups.get(g, ()))
+                    copied_groups.add(g)
+                bucket = groups[g][n] = dict(groups[g].get(n, ()))
+                copied[n] = bucket
             if record is None:
                 if bucket.pop(record_id, None) is not None:
                     length -= 1
@@ -130,16 +143,36 @@ class Records(Mapping[int, Record]):
                     if bucket and record_id < next(reversed(bucket)):
                         unordered.add(n)
                 bucket[record_id] = record
-        for n in unordered:
-            buckets[n] = dict(sorted(buckets[n].items()))
-        for n in copied:
-            if not buckets[n]:
-                del buckets[n]
-        if buckets.keys() == self._buckets.keys():
-            derived = Records.__new__(Records)
-            derived._buckets, derived._order, derived._len = buckets, self._order, length
-            return derived
-        return Records(buckets, length)
+        added: list[int] = []
+        removed: list[int] = []
+        for n, bucket in copied.items():
+            g = n >> BUCKETS_SHIFT
+            if n in unordered:
+                groups[g][n] = dict(sorted(bucket.items()))
+            if not bucket:
+                del groups[g][n]
+            held = n in old_groups.get(g, ())
+            if bucket and not held:
+                added.append(n)
+            elif held and not bucket:
+                removed.append(n)
+        for g in copied_groups:
+            if not groups[g]:
+                del groups[g]
+        derived = Records.__new__(Records)
+        derived._groups, derived._len = groups, length
+        if not (added or removed):
+            derived._order = self._order
+        elif len(added) + len(removed) <= 16:  # a bucket begun or emptied: not a sort of them all
+            order = self._order.copy()
+            for n in removed:
+                del order[bisect.bisect_left(order, n)]
+            for n in added:
+                bisect.insort(order, n)
+            derived._order = order
+        else:
+            derived._order = sorted(n for group in groups.values() for n in group)
+        return derived
 
 
 _EMPTY = Records()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from storage import (
     CommitUnknownError,
@@ -1174,3 +1176,44 @@ def test_following_compactions_of_another_process_leaves_no_descriptor_open(tmp_
         checkpoint(a)
         b.maintain()  # follows a's compacted journal under the lock
     assert len(os.listdir("/proc/self/fd")) <= fds + 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.one_of(st.integers(1, 1500), st.integers(1, 1 << 21)),  # within a bucket, across groups
+                st.one_of(st.none(), st.integers(0, 9)),
+            ),
+            min_size=1,
+            max_size=40,
+        ),
+        max_size=25,
+    )
+)
+def test_records_derived_change_by_change_hold_what_a_dict_would_and_leave_their_base_as_it_was(batches):
+    """A collection's records after any run of puts and removals (a few ids or a bulk, in any
+    order, near each other or a million apart): looked up, iterated both ways and counted as a
+    plain dict of the same changes would be, and every earlier state unchanged."""
+    from storage.base import Records
+
+    model: dict[int, dict] = {}
+    states: list[tuple[Records, list]] = [(Records(), [])]
+    for batch in batches:
+        entries = [(rid, None if value is None else {"id": rid, "v": value}) for rid, value in batch]
+        for rid, record in entries:
+            if record is None:
+                model.pop(rid, None)
+            else:
+                model[rid] = record
+        records = states[-1][0].with_changes(entries)
+        ids = sorted(model)
+        assert list(records) == ids and list(reversed(records)) == ids[::-1]
+        assert list(records.items()) == [(rid, model[rid]) for rid in ids] and len(records) == len(ids)
+        assert records.last_id() == (ids[-1] if ids else 0)
+        for rid, _ in batch:
+            assert records.get(rid) == model.get(rid) and (rid in records) == (rid in model)
+        states.append((records, list(records.items())))
+    for records, items in states:
+        assert list(records.items()) == items
