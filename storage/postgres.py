@@ -47,6 +47,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import pq, sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from storage.base import READS_SINCE, Change, Describe, GroupCommit, Pending, Record, Snapshot, Table, Txn, reads_since
@@ -257,6 +258,26 @@ _LOCK = b"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT * FROM library_lock(%d, %
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
 
 
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+"""TCP settings for every connection of a server, unless its URL sets them: a database host that
+stops answering (a failover, a network cut, not a closed connection) is found within about 25 s
+by keepalives while an answer is awaited, or 30 s while what was sent is not acknowledged, instead
+of the system's minutes; a check or a commit waiting on it (and every request behind that one)
+then fails over to a fresh connection."""
+
+
+def _with_keepalives(url: str) -> dict[str, Any]:
+    """The keepalive settings of :data:`KEEPALIVES` that ``url`` does not set itself."""
+    own = conninfo_to_dict(url)
+    return {key: value for key, value in KEEPALIVES.items() if key not in own}
+
+
 def _result(conn: psycopg.Connection, result: pq.abc.PGresult | None) -> pq.abc.PGresult:
     """``result`` of a statement run through ``conn.pgconn``, or its error raised as psycopg
     raises it (:class:`psycopg.OperationalError` when the connection broke)."""
@@ -394,7 +415,7 @@ class PgStore(GroupCommit):
                         name="library",
                         # Reads are single statements (one round trip each); writes open their
                         # transaction themselves, with BEGIN in the string of their first statement.
-                        kwargs={"autocommit": True},
+                        kwargs={"autocommit": True, **_with_keepalives(self.url)},
                         configure=self._configure,
                     )
                     self._pool_pid = os.getpid()
@@ -441,7 +462,12 @@ class PgStore(GroupCommit):
             try:
                 if conn is None or conn.closed:
                     conn = None  # a connection that cannot be made is not tried twice
-                    conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self._lock_timeout)))
+                    conn = psycopg.connect(
+                        self.url,
+                        autocommit=True,
+                        connect_timeout=max(1, int(self._lock_timeout)),
+                        **_with_keepalives(self.url),
+                    )
                     setattr(self, own, conn)  # closed below if it cannot even be configured
                     self._configure(conn)
                     if own == "_check_conn":
@@ -941,7 +967,7 @@ class PgStore(GroupCommit):
                 latest, received = 0, None
                 try:
                     if conn is None or conn.closed:
-                        conn = psycopg.connect(url, autocommit=True)
+                        conn = psycopg.connect(url, autocommit=True, **_with_keepalives(url))
                         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     # Every notification that came in together makes one round: under a stream of
                     # commits, one catch-up per wake-up rather than one per commit.

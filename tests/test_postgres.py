@@ -398,3 +398,22 @@ def test_servers_starting_together_without_a_key_make_one_signing_key(tmp_path):
     finally:
         one.close()
         two.close()
+
+
+def test_every_connection_of_a_server_finds_a_silent_database_host_within_seconds(tmp_path):
+    """TCP keepalives on the pool's, the check's and the commit's connections (a host that stops
+    answering is found in about 25 s, not the system's minutes), unless the URL sets its own."""
+    from storage.postgres import PgStore
+
+    url = fresh_database(str(tmp_path))
+    own = url + "?keepalives_idle=42"
+    with closing(PgStore(url, ("books",))) as store, closing(PgStore(own, ("books",))) as other:
+        store.update(lambda txn: txn.insert("books", {"title": "one"}))
+        store.snapshot()
+        with store._conn() as pooled:
+            dsns = [store._check_conn.info.dsn, store._commit_conn.info.dsn, pooled.info.dsn]
+        for dsn in dsns:
+            assert "keepalives=1" in dsn and "keepalives_idle=10" in dsn and "keepalives_count=3" in dsn
+            assert "tcp_user_timeout=30000" in dsn
+        other.snapshot()
+        assert "keepalives_idle=42" in other._check_conn.info.dsn
