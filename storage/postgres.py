@@ -224,6 +224,10 @@ _CHECK_SQL = (
     b"WHERE s.id = 1 ORDER BY c.seq"
 )
 _FILES_AFTER = "SELECT name, data, seq FROM library_files WHERE seq > %s ORDER BY seq"
+# The check's connection runs only these two statements, each by key or by a range of seq with an
+# index for it: no plan cached for its life may scan a table that was small when it was made (see
+# migration 4), and JIT never pays for a few rows.
+_CHECK_SETTINGS = b"SET enable_seqscan = off; SET jit = off"
 # A commit's writes in one statement (the changes, the records put and deleted, the next ids, the
 # head and its notification), the changes as one JSON document: the time the commit lock is held
 # does not grow with a statement per record, and each record is parsed once, by PostgreSQL.
@@ -445,11 +449,14 @@ class PgStore(GroupCommit):
             raise StoreUnavailableError(f"The database cannot be reached: {_reason(exc)}") from exc
 
     @contextmanager
-    def _conn_for(self, first: Callable[[psycopg.Connection], None], own: str) -> Iterator[psycopg.Connection]:
+    def _conn_for(
+        self, first: Callable[[psycopg.Connection], None], own: str, settings: bytes = b""
+    ) -> Iterator[psycopg.Connection]:
         """This process's own connection for one kind of work done one at a time (``own``: the
         attribute holding it; the caller holds that work's mutex), once ``first`` (the lock, or a
         check: nothing written yet) ran on it. The hot paths skip the pool: taking a connection
-        from it and giving it back cost more than the statements they run.
+        from it and giving it back cost more than the statements they run. ``settings`` (SQL) runs
+        once on each new connection, after :meth:`_configure`.
 
         A connection that the database cut since its last use (a restart, a failover, an idle
         timeout) shows in ``first``: it is dropped and ``first`` runs once more on a fresh
@@ -470,11 +477,8 @@ class PgStore(GroupCommit):
                     )
                     setattr(self, own, conn)  # closed below if it cannot even be configured
                     self._configure(conn)
-                    if own == "_check_conn":
-                        # Its statements read by key or by a range of seq (with an index for each):
-                        # no plan cached for its life may scan a table that was small when it was
-                        # made (see migration 4). JIT never pays for a few rows.
-                        conn.execute("SET enable_seqscan = off; SET jit = off")
+                    if settings:
+                        _result(conn, conn.pgconn.exec_(settings))
                 try:
                     first(conn)
                 except BaseException:  # never leave the commit lock held by a connection kept for later
@@ -578,7 +582,7 @@ class PgStore(GroupCommit):
         check that fails counts too: readers keep the last good state, and the problem is noted."""
         sent = time.monotonic()
         try:
-            with self._conn_for(self._catch_up_in, "_check_conn"):
+            with self._conn_for(self._catch_up_in, "_check_conn", _CHECK_SETTINGS):
                 pass
         except (StorageError, psycopg.Error) as exc:
             self._note_problem(exc)
