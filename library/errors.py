@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from werkzeug.datastructures import WWWAuthenticate
+
 
 class DomainError(Exception):
     """A request the rules refuse. ``status`` is its HTTP status; the message is the problem's
@@ -33,8 +35,9 @@ class TokenEnded(DomainError):
 
     status = 401
 
-    def headers(self) -> list[tuple[str, str]]:
-        return [("WWW-Authenticate", 'Bearer realm="library_api", error="invalid_token"')]
+    def headers(self) -> list[tuple[str, str]]:  # the challenge signing in gives for a token that ended
+        challenge = WWWAuthenticate("bearer", {"realm": "library_api", "error": "invalid_token"})
+        return [("WWW-Authenticate", challenge.to_header())]
 
 
 class LockedOut(DomainError):
