@@ -407,8 +407,9 @@ def test_servers_starting_together_without_a_key_make_one_signing_key(tmp_path):
 
 
 def test_every_connection_of_a_server_finds_a_silent_database_host_within_seconds(tmp_path):
-    """TCP keepalives on the pool's, the check's and the commit's connections (a host that stops
-    answering is found in about 25 s, not the system's minutes), unless the URL sets its own."""
+    """TCP keepalives and a user timeout on the pool's, the check's and the commit's connections (a
+    host that stops answering is given up on within half a minute, not the system's minutes),
+    unless the URL sets its own."""
     from storage.postgres import PgStore
 
     url = fresh_database(str(tmp_path))
