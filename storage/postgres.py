@@ -845,6 +845,7 @@ class PgStore(GroupCommit):
                 if held is not None
                 else self._conn_for(self._lock_and_catch_up, "_commit_conn") as conn
             ):
+                self._join_waiting(batch)
                 base = Txn(self._snap)
                 ran = True
                 self._run_updaters(base, batch)
@@ -890,23 +891,30 @@ class PgStore(GroupCommit):
                 new_tables[name] = Table(name, table.records, next_id, table.seq)
         new_snap = Snapshot(seq, new_tables)
         events = self._describe(changes, new_snap) if self._describe and changes else [None] * len(changes)
+        # One statement string, one round trip: the database lets go of the commit lock as soon as
+        # the writes are in, not a round trip (and this thread's next turn at the GIL) later.
+        statements: list[bytes] = []
+        if numbered:
+            rows = []
+            for (number, change), event in zip(numbered, events, strict=True):
+                row = {"seq": number, "collection": change.collection, "id": change.id}
+                if change.after is not None:  # absent: the record was deleted
+                    row["record"] = change.after
+                if event is not None:
+                    row["event"] = event
+                rows.append(row)
+            moved = {n: i for n, i in next_ids.items() if i > old.tables[n].next_id}
+            escape = pq.Escaping(conn.pgconn).escape_literal
+            statements.append(
+                b"EXECUTE %s(%s, %s, %d, %s)"
+                % (_COMMIT, escape(orjson.dumps(rows)), escape(orjson.dumps(moved)), seq, escape(CHANNEL.encode()))
+            )
+        if extra:
+            statements.append(extra.encode())
+        statements.append(b"COMMIT")
         files_committed = self._push_files(conn, files)
         try:
-            if numbered:
-                rows = []
-                for (number, change), event in zip(numbered, events, strict=True):
-                    row = {"seq": number, "collection": change.collection, "id": change.id}
-                    if change.after is not None:  # absent: the record was deleted
-                        row["record"] = change.after
-                    if event is not None:
-                        row["event"] = event
-                    rows.append(row)
-                moved = {n: i for n, i in next_ids.items() if i > old.tables[n].next_id}
-                params = [orjson.dumps(rows), orjson.dumps(moved), b"%d" % seq, CHANNEL.encode()]
-                _result(conn, conn.pgconn.exec_prepared(_COMMIT, params))
-            if extra:
-                _result(conn, conn.pgconn.exec_(extra.encode()))
-            _result(conn, conn.pgconn.exec_(b"COMMIT"))
+            _result(conn, conn.pgconn.exec_(b"; ".join(statements)))
         except psycopg.OperationalError as exc:
             message = (
                 f"The database connection broke while saving a change ({_reason(exc)}); whether it was kept is "
