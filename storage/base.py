@@ -576,6 +576,16 @@ class GroupCommit(Store):
             for item in batch:
                 item.done.set()
 
+    def _join_waiting(self, batch: list[Pending]) -> None:
+        """Add to ``batch`` (in place) the updaters queued since it was taken: called once the
+        store's lock is held, so that what arrived while the lock was awaited is committed with it
+        rather than waiting for the next commit (its caller wakes every updater of ``batch``)."""
+        with self._queue_lock:
+            late, self._queue = self._queue, []
+        for item in late:
+            item.taken = True
+        batch.extend(late)
+
     @staticmethod
     def _run_updaters(base: Txn, batch: list[Pending], check: Callable[[Txn], None] | None = None) -> None:
         """Run each updater of ``batch`` in a child of ``base``, merging those that succeed (and

@@ -313,6 +313,7 @@ class JsonStore(Upkeep, GroupCommit):
             with self._locked():
                 self._catch_up(locked=True)
                 self._check_files_locked()
+                self._join_waiting(batch)
                 base = Txn(self._snap)
                 self._run_updaters(base, batch, self._refuse_unwritable)
                 changes = base.changes()

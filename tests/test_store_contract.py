@@ -257,3 +257,41 @@ def test_the_thread_holding_exclusive_commits_with_the_writes_queued_behind_it(o
         writer.join()
     assert len(queued) == 3
     assert sorted(titles(opener())) == ["a", "from the block", "outside", "q0", "q1", "q2"]
+
+
+def test_writes_queued_while_a_commit_waits_for_the_lock_are_committed_with_it(opener):
+    store, other = opener(), opener()
+    ran_on: dict[str, int] = {}
+
+    def write(title):
+        def updater(txn):
+            ran_on[title] = threading.get_ident()  # updaters of one commit run on its thread
+            return txn.insert("books", {"title": title})
+
+        return store.update(updater)
+
+    def held_elsewhere() -> bool:  # the store's commit mutex, held by another thread
+        if store._commit_mutex.acquire(blocking=False):
+            store._commit_mutex.release()
+            return False
+        return True
+
+    def until(condition):
+        for _ in range(1000):
+            if condition():
+                return
+            threading.Event().wait(0.01)
+        raise AssertionError("never happened")
+
+    with other.exclusive():  # another server holds the lock
+        first = threading.Thread(target=write, args=("first",))
+        first.start()
+        until(lambda: held_elsewhere() and store.waiting_writes == 0)  # first took its batch, waits for the lock
+        late = [threading.Thread(target=write, args=(f"late {n}",)) for n in range(2)]
+        for thread in late:
+            thread.start()
+        until(lambda: store.waiting_writes == 2)
+    for thread in [first, *late]:
+        thread.join()
+    assert sorted(titles(store)) == ["first", "late 0", "late 1"]
+    assert ran_on["late 0"] == ran_on["late 1"] == ran_on["first"] == first.ident
