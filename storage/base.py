@@ -630,4 +630,5 @@ class GroupCommit(Store):
     @abc.abstractmethod
     def _commit_batch(self, batch: list[Pending]) -> None:
         """Run ``batch``'s updaters on the latest committed state (:meth:`_run_updaters`) and
-        commit what they changed, durably; raise when nothing was committed."""
+        commit what they changed, durably; raise when nothing was committed. Once the store's lock
+        is held, what queued meanwhile joins ``batch`` (:meth:`_join_waiting`)."""

@@ -913,6 +913,10 @@ class PgStore(GroupCommit):
             statements.append(extra.encode())
         statements.append(b"COMMIT")
         files_committed = self._push_files(conn, files)
+        # Until the COMMIT the lock is held, so the database holds nothing but what new_snap does:
+        # it is as fresh as a check sent at that moment (a request that joined the batch after the
+        # lock was taken reads it with no check of its own).
+        sent = time.monotonic()
         try:
             _result(conn, conn.pgconn.exec_(b"; ".join(statements)))
         except psycopg.OperationalError as exc:
@@ -926,6 +930,7 @@ class PgStore(GroupCommit):
             if self._snap is old:
                 self._snap = new_snap
                 self._remember_changes(numbered)
+        self._checked(sent)
 
     @contextmanager
     def exclusive(self) -> Iterator[Snapshot]:

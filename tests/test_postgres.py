@@ -317,6 +317,54 @@ def test_a_journal_that_grew_after_start_is_read_by_its_index_not_scanned(tmp_pa
             assert scans(lock, lambda: lock.execute("SELECT count(*) FROM library_lock(%s, 0)", (since,))) == 0
 
 
+def test_a_write_that_joined_a_commit_is_read_back_without_asking_the_database(tmp_path):
+    """A request whose write joined a commit after that commit had asked for the lock (see the
+    storage contract) reads what it wrote with no check of its own: until the COMMIT the lock was
+    held, so the database held nothing the commit's snapshot did not."""
+    import threading
+    import time
+
+    from storage.base import reads_since
+    from storage.postgres import PgStore
+
+    url = fresh_database(str(tmp_path))
+    with closing(PgStore(url, ("books",))) as store, closing(PgStore(url, ("books",))) as other:
+        checks: list[int] = []
+        check = store._check
+        store._check = lambda: (checks.append(threading.get_ident()), check())[1]
+        seen: dict[str, object] = {}
+
+        def joined() -> None:
+            with reads_since(time.monotonic()):  # arrives after the first write asked for the lock
+                book = store.update(lambda txn: txn.insert("books", {"title": "joined"}))
+                seen["read"] = store.snapshot().get("books", book["id"])["title"]
+                seen["checks"] = checks.count(threading.get_ident())
+
+        def until(condition: Callable[[], bool]) -> None:
+            for _ in range(1000):
+                if condition():
+                    return
+                threading.Event().wait(0.01)
+            raise AssertionError("never happened")
+
+        def mutex_taken() -> bool:
+            if store._commit_mutex.acquire(blocking=False):
+                store._commit_mutex.release()
+                return False
+            return True
+
+        with other.exclusive():
+            first = threading.Thread(target=lambda: store.update(lambda txn: txn.insert("books", {"title": "first"})))
+            first.start()
+            until(lambda: mutex_taken() and store.waiting_writes == 0)  # it waits for the lock
+            late = threading.Thread(target=joined)
+            late.start()
+            until(lambda: store.waiting_writes == 1)
+        first.join()
+        late.join()
+        assert seen == {"read": "joined", "checks": 0}
+
+
 def test_files_reach_every_server_and_one_removed_is_never_put_back(tmp_path):
     """A commit reads the files folder only when it changed (or changed so recently that a file
     written in the same tick of the file system's clock would leave its time as it was); a file
