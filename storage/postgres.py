@@ -390,6 +390,8 @@ class PgStore(GroupCommit):
         # The connection whose transaction holds the commit lock for exclusive(), if a block runs:
         # only the thread in that block (which holds the commit mutex) commits through it.
         self._held: psycopg.Connection | None = None
+        # Why that block no longer holds the lock (taking it again after a commit failed), if so.
+        self._held_lost: BaseException | None = None
         self._state = threading.RLock()
         # One freshness check at a time: a reader that arrives while one is on its way waits for the
         # next, which answers every reader that waited (under load, one query for many requests).
@@ -840,6 +842,8 @@ class PgStore(GroupCommit):
         try:
             files = self._files_to_push()
             held = self._held
+            if held is not None:
+                self._still_held()
             with (
                 contextlib.nullcontext(held)
                 if held is not None
@@ -853,8 +857,7 @@ class PgStore(GroupCommit):
                     self._commit_in(conn, base, files=files)
                 finally:
                     if held is not None:  # the commit (or its failure) ended the lock's transaction
-                        conn.rollback()
-                        self._lock_and_catch_up(conn)
+                        self._lock_again(conn)
         except psycopg.Error as exc:
             if ran:
                 self.failed_commits += 1
@@ -935,14 +938,41 @@ class PgStore(GroupCommit):
     @contextmanager
     def exclusive(self) -> Iterator[Snapshot]:
         """Hold the commit lock: no server commits while the block runs. The thread in the block
-        may itself commit (with every write queued behind it), as with the files."""
+        may itself commit (with every write queued behind it), as with the files.
+
+        :raises StoreUnavailableError: at a commit in the block, or at its end, when the lock could
+            not be taken again after an earlier commit of the block (that commit stands).
+        """
         with self._commit_mutex, self._conn_for(self._lock_and_catch_up, "_commit_conn") as conn:
-            self._held = conn
+            self._held, self._held_lost = conn, None
             try:
                 yield self._snap
+                self._still_held()
             finally:
-                self._held = None
+                self._held, self._held_lost = None, None
                 conn.rollback()
+
+    def _lock_again(self, conn: psycopg.Connection) -> None:
+        """In an exclusive() block: take the commit lock again once a commit (or its failure) ended
+        the transaction that held it. When that fails, what was committed stays committed (its
+        writers are told so); the block has lost the lock, which its next commit or its end raises."""
+        try:
+            conn.rollback()
+            self._lock_and_catch_up(conn)
+        except Exception as exc:  # noqa: BLE001 - kept and raised by _still_held
+            log.warning("an exclusive block could not take the commit lock again: %s", _reason(exc))
+            self._held_lost = exc
+            with suppress(psycopg.Error):  # a lock granted before the catch-up failed is let go of now
+                conn.rollback()
+
+    def _still_held(self) -> None:
+        """In an exclusive() block: raise when the block lost the commit lock (see _lock_again)."""
+        lost = self._held_lost
+        if lost is not None:
+            raise StoreUnavailableError(
+                f"The commit lock was lost after a commit of this block ({_reason(lost)}); what followed it was not "
+                "done under the lock"
+            ) from lost
 
     # -- upkeep ----------------------------------------------------------------------------------
 
@@ -1079,10 +1109,11 @@ class PgStore(GroupCommit):
         with self._commit_mutex:
             held = self._held
             if held is not None:  # in exclusive(): commit in its transaction, then lock again
+                self._still_held()
                 committed = self._push_files(held)
                 held.execute("COMMIT")
                 committed()
-                self._lock_and_catch_up(held)
+                self._lock_again(held)
                 return
             with self._conn_for(self._lock_and_catch_up, "_commit_conn") as conn:
                 committed = self._push_files(conn)

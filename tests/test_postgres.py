@@ -273,6 +273,49 @@ def test_a_catch_up_that_fails_under_the_lock_does_not_keep_it(tmp_path):
         assert [b["title"] for b in one.snapshot().records("books").values()] == ["one", "one again"]
 
 
+def test_a_commit_in_an_exclusive_block_that_cannot_lock_again_stands_and_the_block_fails(tmp_path):
+    """A commit made inside an exclusive() block ends the transaction that held the commit lock,
+    and the block takes it again at once. When that fails (here the catch-up, with the file another
+    server committed in between, which a folder at its name keeps this one from writing), the
+    commit is reported as made (a writer told it failed would make it again), and the block,
+    which no longer holds the lock, fails at its next commit and at its end."""
+    import threading
+
+    from storage import StoreUnavailableError
+    from storage.postgres import PgStore
+
+    url = fresh_database(str(tmp_path))
+    with (
+        closing(PgStore(url, ("books",), directory=tmp_path / "one", lock_timeout=5)) as one,
+        closing(PgStore(url, ("books",), directory=tmp_path / "two", lock_timeout=5)) as two,
+        psycopg.connect(url, autocommit=True) as admin,
+    ):
+        (tmp_path / "one" / "uploads" / "x.txt").mkdir(parents=True)
+        (tmp_path / "two" / "uploads").mkdir(parents=True)
+        (tmp_path / "two" / "uploads" / "x.txt").write_bytes(b"from two")
+        outcomes: dict[str, object] = {}
+        with pytest.raises(StoreUnavailableError, match="lock was lost"):
+            with one.exclusive():
+                waiting = threading.Thread(
+                    target=lambda: outcomes.setdefault("two", two.update(lambda txn: txn.insert("books", {"title": "two"})))
+                )
+                waiting.start()
+                for _ in range(1000):  # until two's commit waits for the lock
+                    if admin.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()[0]:
+                        break
+                    threading.Event().wait(0.01)
+                outcomes["block"] = one.update(lambda txn: txn.insert("books", {"title": "in the block"}))
+                with pytest.raises(StoreUnavailableError, match="lock was lost"):
+                    one.update(lambda txn: txn.insert("books", {"title": "after the loss"}))
+        waiting.join()
+        assert outcomes["block"]["title"] == "in the block" and outcomes["two"]["title"] == "two"
+        titles = sorted(r[0] for r in admin.execute("SELECT record->>'title' FROM library_records").fetchall())
+        assert titles == ["in the block", "two"]
+        (tmp_path / "one" / "uploads" / "x.txt").rmdir()  # the cause removed: the server goes on
+        assert one.update(lambda txn: txn.insert("books", {"title": "later"}))["title"] == "later"
+        assert (tmp_path / "one" / "uploads" / "x.txt").read_bytes() == b"from two"
+
+
 def test_a_journal_that_grew_after_start_is_read_by_its_index_not_scanned(tmp_path):
     """Two servers that started on a new database (a few changes, analyzed as autovacuum does)
     and then took in a large import: the lock of a commit and the check of a read ask for the
