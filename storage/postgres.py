@@ -491,7 +491,9 @@ class PgStore(GroupCommit):
                 if conn is not None:
                     with suppress(psycopg.Error):
                         conn.close()
-                if not isinstance(exc, psycopg.OperationalError):
+                # A statement the database canceled (statement_timeout, pg_cancel_backend) on a
+                # connection that works is not retried on a new one: it would be canceled again.
+                if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, psycopg.errors.QueryCanceled):
                     raise
                 if attempt == 0 and conn is not None:
                     continue

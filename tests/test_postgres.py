@@ -294,19 +294,19 @@ def test_a_commit_in_an_exclusive_block_that_cannot_lock_again_stands_and_the_bl
         (tmp_path / "two" / "uploads").mkdir(parents=True)
         (tmp_path / "two" / "uploads" / "x.txt").write_bytes(b"from two")
         outcomes: dict[str, object] = {}
-        with pytest.raises(StoreUnavailableError, match="lock was lost"):
-            with one.exclusive():
-                waiting = threading.Thread(
-                    target=lambda: outcomes.setdefault("two", two.update(lambda txn: txn.insert("books", {"title": "two"})))
-                )
-                waiting.start()
-                for _ in range(1000):  # until two's commit waits for the lock
-                    if admin.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()[0]:
-                        break
-                    threading.Event().wait(0.01)
-                outcomes["block"] = one.update(lambda txn: txn.insert("books", {"title": "in the block"}))
-                with pytest.raises(StoreUnavailableError, match="lock was lost"):
-                    one.update(lambda txn: txn.insert("books", {"title": "after the loss"}))
+        waiters = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        with pytest.raises(StoreUnavailableError, match="lock was lost"), one.exclusive():
+            waiting = threading.Thread(
+                target=lambda: outcomes.setdefault("two", two.update(lambda txn: txn.insert("books", {"title": "two"})))
+            )
+            waiting.start()
+            for _ in range(1000):  # until two's commit waits for the lock
+                if admin.execute(waiters).fetchone()[0]:
+                    break
+                threading.Event().wait(0.01)
+            outcomes["block"] = one.update(lambda txn: txn.insert("books", {"title": "in the block"}))
+            with pytest.raises(StoreUnavailableError, match="lock was lost"):
+                one.update(lambda txn: txn.insert("books", {"title": "after the loss"}))
         waiting.join()
         assert outcomes["block"]["title"] == "in the block" and outcomes["two"]["title"] == "two"
         titles = sorted(r[0] for r in admin.execute("SELECT record->>'title' FROM library_records").fetchall())
@@ -314,6 +314,34 @@ def test_a_commit_in_an_exclusive_block_that_cannot_lock_again_stands_and_the_bl
         (tmp_path / "one" / "uploads" / "x.txt").rmdir()  # the cause removed: the server goes on
         assert one.update(lambda txn: txn.insert("books", {"title": "later"}))["title"] == "later"
         assert (tmp_path / "one" / "uploads" / "x.txt").read_bytes() == b"from two"
+
+
+def test_a_statement_timeout_of_the_database_refuses_the_write_with_its_reason(tmp_path):
+    """A database (or role) with a statement_timeout shorter than the wait for the commit lock:
+    the write is refused with the database's reason, once, not taken for a broken connection,
+    tried again on a new one and reported as a database that cannot be reached."""
+    import time
+
+    from storage import StoreUnavailableError
+    from storage.postgres import PgStore
+
+    url = fresh_database(str(tmp_path))
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {name} SET statement_timeout = '300ms'")
+    with (
+        closing(PgStore(url, ("books",), lock_timeout=10)) as holder,
+        closing(PgStore(url, ("books",), lock_timeout=10)) as writer,
+    ):
+        writer.update(lambda txn: txn.insert("books", {"title": "before"}))
+        with holder.exclusive():
+            began = time.monotonic()
+            refusal = "refused the change: canceling statement due to statement timeout"
+            with pytest.raises(StoreUnavailableError, match=refusal):
+                writer.update(lambda txn: txn.insert("books", {"title": "waits"}))
+            assert time.monotonic() - began < 0.6  # one wait of 300 ms, not one per connection
+        assert writer.update(lambda txn: txn.insert("books", {"title": "after"}))["title"] == "after"
+        assert [b["title"] for b in writer.snapshot().records("books").values()] == ["before", "after"]
 
 
 def test_a_journal_that_grew_after_start_is_read_by_its_index_not_scanned(tmp_path):
