@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import tempfile
 import threading
 import time
@@ -298,6 +299,47 @@ def _values(result: pq.abc.PGresult) -> list[list[bytes | None]]:
     """Every row of ``result`` (text format), each value as bytes or None."""
     width = result.nfields
     return [[result.get_value(row, col) for col in range(width)] for row in range(result.ntuples)]
+
+
+def _pipelined(conn: psycopg.Connection, sends: list[Callable[[pq.abc.PGconn], None]]) -> None:
+    """Send the statements of ``sends`` one after another without waiting for their answers (libpq's
+    pipeline mode), then read every answer, waiting for them with the GIL released: the database
+    runs them back to back, as one round trip. Raises the first statement's error as
+    :func:`_result` does (:class:`psycopg.OperationalError` when the connection broke)."""
+    pgconn = conn.pgconn
+    fd = pgconn.socket
+
+    def next_result() -> pq.abc.PGresult | None:
+        while pgconn.is_busy():
+            if pgconn.status == pq.ConnStatus.BAD:
+                raise psycopg.OperationalError(pgconn.error_message.decode("utf-8", "replace").strip())
+            select.select([fd], [], [])
+            pgconn.consume_input()
+        return pgconn.get_result()
+
+    failed: pq.abc.PGresult | None = None
+    pgconn.enter_pipeline_mode()
+    try:
+        for send in sends:
+            send(pgconn)
+        pgconn.pipeline_sync()
+        while pgconn.flush():  # what did not fit in the socket's buffer (answers read meanwhile)
+            readable, _, _ = select.select([fd], [fd], [])
+            if readable:
+                pgconn.consume_input()
+        for _ in sends:  # each statement's results, then a None
+            while (result := next_result()) is not None:
+                if failed is None and result.status not in _OK and result.status != pq.ExecStatus.PIPELINE_ABORTED:
+                    failed = result
+        sync = next_result()
+        if sync is None or sync.status != pq.ExecStatus.PIPELINE_SYNC:
+            _result(conn, failed or sync)
+    finally:
+        if pgconn.status == pq.ConnStatus.OK:
+            with suppress(psycopg.Error):
+                pgconn.exit_pipeline_mode()
+    if failed is not None:
+        _result(conn, failed)
 
 
 def _changes(answer: list[list[bytes | None]]) -> list[tuple[int, str, int, bytes | None]]:
@@ -851,7 +893,10 @@ class PgStore(GroupCommit):
                 if held is not None
                 else self._conn_for(self._lock_and_catch_up, "_commit_conn") as conn
             ):
+                taken = len(batch)
                 self._join_waiting(batch)
+                if len(batch) > taken:  # a joined write's request saved its file after the first look
+                    files = self._files_to_push()
                 base = Txn(self._snap)
                 ran = True
                 self._run_updaters(base, batch)
@@ -896,9 +941,11 @@ class PgStore(GroupCommit):
                 new_tables[name] = Table(name, table.records, next_id, table.seq)
         new_snap = Snapshot(seq, new_tables)
         events = self._describe(changes, new_snap) if self._describe and changes else [None] * len(changes)
-        # One statement string, one round trip: the database lets go of the commit lock as soon as
-        # the writes are in, not a round trip (and this thread's next turn at the GIL) later.
-        statements: list[bytes] = []
+        # The writes and the COMMIT sent together, one round trip: the database lets go of the commit
+        # lock as soon as the writes are in, not a round trip (and this thread's next turn at the
+        # GIL) later. The records travel as parameters: never in a statement's text, which the
+        # database shows in pg_stat_activity and writes to its log with an error.
+        sends: list[Callable[[pq.abc.PGconn], None]] = []
         if numbered:
             rows = []
             for (number, change), event in zip(numbered, events, strict=True):
@@ -909,22 +956,21 @@ class PgStore(GroupCommit):
                     row["event"] = event
                 rows.append(row)
             moved = {n: i for n, i in next_ids.items() if i > old.tables[n].next_id}
-            escape = pq.Escaping(conn.pgconn).escape_literal
-            statements.append(
-                b"EXECUTE %s(%s, %s, %d, %s)"
-                % (_COMMIT, escape(orjson.dumps(rows)), escape(orjson.dumps(moved)), seq, escape(CHANNEL.encode()))
-            )
+            params = [orjson.dumps(rows), orjson.dumps(moved), b"%d" % seq, CHANNEL.encode()]
+            sends.append(lambda pgconn: pgconn.send_query_prepared(_COMMIT, params))
         if extra:
-            statements.append(extra.encode())
-        statements.append(b"COMMIT")
+            sends.append(lambda pgconn: pgconn.send_query_params(extra.encode(), None))
+        sends.append(lambda pgconn: pgconn.send_query_params(b"COMMIT", None))
         files_committed = self._push_files(conn, files)
         # Until the COMMIT the lock is held, so the database holds nothing but what new_snap does:
         # it is as fresh as a check sent at that moment (a request that joined the batch after the
         # lock was taken reads it with no check of its own).
         sent = time.monotonic()
         try:
-            _result(conn, conn.pgconn.exec_(b"; ".join(statements)))
+            _pipelined(conn, sends)
         except psycopg.OperationalError as exc:
+            if conn.pgconn.status != pq.ConnStatus.BAD:  # refused by a database still there: not kept
+                raise
             message = (
                 f"The database connection broke while saving a change ({_reason(exc)}); whether it was kept is "
                 "unknown: read it back before trying again"
@@ -935,7 +981,7 @@ class PgStore(GroupCommit):
             if self._snap is old:
                 self._snap = new_snap
                 self._remember_changes(numbered)
-        self._checked(sent)
+                self._checked(sent)  # (not when a reload replaced the snapshot meanwhile)
 
     @contextmanager
     def exclusive(self) -> Iterator[Snapshot]:
@@ -952,7 +998,8 @@ class PgStore(GroupCommit):
                 self._still_held()
             finally:
                 self._held, self._held_lost = None, None
-                conn.rollback()
+                with suppress(psycopg.Error):  # a broken connection: _conn_for drops it
+                    conn.rollback()
 
     def _lock_again(self, conn: psycopg.Connection) -> None:
         """In an exclusive() block: take the commit lock again once a commit (or its failure) ended
@@ -970,6 +1017,9 @@ class PgStore(GroupCommit):
     def _still_held(self) -> None:
         """In an exclusive() block: raise when the block lost the commit lock (see _lock_again)."""
         lost = self._held_lost
+        held = self._held
+        if lost is None and held is not None and held.pgconn.transaction_status != pq.TransactionStatus.INTRANS:
+            lost = self._held_lost = StorageError("its transaction ended")
         if lost is not None:
             raise StoreUnavailableError(
                 f"The commit lock was lost after a commit of this block ({_reason(lost)}); what followed it was not "
@@ -1112,10 +1162,12 @@ class PgStore(GroupCommit):
             held = self._held
             if held is not None:  # in exclusive(): commit in its transaction, then lock again
                 self._still_held()
-                committed = self._push_files(held)
-                held.execute("COMMIT")
-                committed()
-                self._lock_again(held)
+                try:
+                    committed = self._push_files(held)
+                    held.execute("COMMIT")
+                    committed()
+                finally:
+                    self._lock_again(held)
                 return
             with self._conn_for(self._lock_and_catch_up, "_commit_conn") as conn:
                 committed = self._push_files(conn)
