@@ -307,13 +307,12 @@ def _pipelined(conn: psycopg.Connection, sends: list[Callable[[pq.abc.PGconn], N
     runs them back to back, as one round trip. Raises the first statement's error as
     :func:`_result` does (:class:`psycopg.OperationalError` when the connection broke)."""
     pgconn = conn.pgconn
-    fd = pgconn.socket
+    poller = select.poll()  # not select(): a busy process has sockets numbered past 1024
+    poller.register(pgconn.socket, select.POLLIN)
 
     def next_result() -> pq.abc.PGresult | None:
         while pgconn.is_busy():
-            if pgconn.status == pq.ConnStatus.BAD:
-                raise psycopg.OperationalError(pgconn.error_message.decode("utf-8", "replace").strip())
-            select.select([fd], [], [])
+            poller.poll()
             pgconn.consume_input()
         return pgconn.get_result()
 
@@ -323,10 +322,12 @@ def _pipelined(conn: psycopg.Connection, sends: list[Callable[[pq.abc.PGconn], N
         for send in sends:
             send(pgconn)
         pgconn.pipeline_sync()
-        while pgconn.flush():  # what did not fit in the socket's buffer (answers read meanwhile)
-            readable, _, _ = select.select([fd], [fd], [])
-            if readable:
-                pgconn.consume_input()
+        if pgconn.flush():  # what did not fit in the socket's buffer (answers read meanwhile)
+            poller.modify(pgconn.socket, select.POLLIN | select.POLLOUT)
+            while pgconn.flush():
+                if any(events & select.POLLIN for _, events in poller.poll()):
+                    pgconn.consume_input()
+            poller.modify(pgconn.socket, select.POLLIN)
         for _ in sends:  # each statement's results, then a None
             while (result := next_result()) is not None:
                 if failed is None and result.status not in _OK and result.status != pq.ExecStatus.PIPELINE_ABORTED:
@@ -334,6 +335,13 @@ def _pipelined(conn: psycopg.Connection, sends: list[Callable[[pq.abc.PGconn], N
         sync = next_result()
         if sync is None or sync.status != pq.ExecStatus.PIPELINE_SYNC:
             _result(conn, failed or sync)
+    except psycopg.OperationalError as exc:
+        if pgconn.status != pq.ConnStatus.BAD:
+            raise
+        # The database's own words (a terminated backend says why), else libpq's, not psycopg's
+        # account of the pipeline's state.
+        said = failed.error_message if failed is not None else pgconn.error_message
+        raise psycopg.OperationalError(said.decode("utf-8", "replace").strip() or str(exc)) from exc
     finally:
         if pgconn.status == pq.ConnStatus.OK:
             with suppress(psycopg.Error):
@@ -968,12 +976,18 @@ class PgStore(GroupCommit):
         sent = time.monotonic()
         try:
             _pipelined(conn, sends)
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             if conn.pgconn.status != pq.ConnStatus.BAD:  # refused by a database still there: not kept
                 raise
             message = (
                 f"The database connection broke while saving a change ({_reason(exc)}); whether it was kept is "
                 "unknown: read it back before trying again"
+            )
+            raise CommitUnknownError(message) from exc
+        except Exception as exc:  # anything else once the statements may have gone: not known either way
+            message = (
+                f"Saving a change failed ({_reason(exc)}); whether it was kept is unknown: read it back before "
+                "trying again"
             )
             raise CommitUnknownError(message) from exc
         files_committed()

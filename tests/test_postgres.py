@@ -637,3 +637,29 @@ def test_every_connection_of_a_server_finds_a_silent_database_host_within_second
             assert "tcp_user_timeout=30000" in dsn
         other.snapshot()
         assert "keepalives_idle=42" in other._check_conn.info.dsn
+
+
+def test_a_commit_works_on_a_socket_numbered_past_1024(tmp_path):
+    """A busy server process holds many files and sockets: waiting for a commit's answers must not
+    depend on the socket's number (select() refuses numbers from 1024 on)."""
+    import resource
+
+    from storage.postgres import PgStore
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"this process may open {hard} files at most")
+    url = fresh_database(str(tmp_path))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = []
+    try:
+        while len(held) < 1100:
+            held.append(open(os.devnull, "rb"))  # noqa: SIM115 - closed below
+        with closing(PgStore(url, ("books",))) as store:
+            assert store.update(lambda txn: txn.insert("books", {"title": "late"}))["title"] == "late"
+            assert store._commit_conn.pgconn.socket >= 1024
+            assert [b["title"] for b in store.snapshot().records("books").values()] == ["late"]
+    finally:
+        for f in held:
+            f.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
