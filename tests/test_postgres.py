@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import threading
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -41,6 +42,22 @@ def fetch(client, url: str) -> bytes:
 
 def titles(app) -> list[str]:
     return [b["title"] for b in app.test_client().get("/books").get_json()["books"]]
+
+
+def until(condition: Callable[[], bool]) -> None:
+    """Wait (10 s at most) until ``condition()`` holds."""
+    for _ in range(1000):
+        if condition():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("never happened")
+
+
+def waiting_for_a_lock(url: str) -> int:
+    """How many connections to the database at ``url`` wait for a lock (a commit, for the commit lock)."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        return admin.execute(query).fetchone()[0]
 
 
 def test_database_url_is_the_fallback_and_healthz_names_the_schema(tmp_path, monkeypatch):
@@ -279,8 +296,6 @@ def test_a_commit_in_an_exclusive_block_that_cannot_lock_again_stands_and_the_bl
     server committed in between, which a folder at its name keeps this one from writing), the
     commit is reported as made (a writer told it failed would make it again), and the block,
     which no longer holds the lock, fails at its next commit and at its end."""
-    import threading
-
     from storage import StoreUnavailableError
     from storage.postgres import PgStore
 
@@ -294,18 +309,12 @@ def test_a_commit_in_an_exclusive_block_that_cannot_lock_again_stands_and_the_bl
         (tmp_path / "two" / "uploads").mkdir(parents=True)
         (tmp_path / "two" / "uploads" / "x.txt").write_bytes(b"from two")
         outcomes: dict[str, dict] = {}
-        waiters = (
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
         with pytest.raises(StoreUnavailableError, match="lock was lost"), one.exclusive():
             waiting = threading.Thread(
                 target=lambda: outcomes.setdefault("two", two.update(lambda txn: txn.insert("books", {"title": "two"})))
             )
             waiting.start()
-            for _ in range(1000):  # until two's commit waits for the lock
-                if admin.execute(waiters).fetchone()[0]:
-                    break
-                threading.Event().wait(0.01)
+            until(lambda: waiting_for_a_lock(url) == 1)  # two's commit
             # Row locks are not granted in turn: the block may take the lock again before two does,
             # so it commits until one of its commits hands the lock to two (each one stands).
             made = []
@@ -408,7 +417,6 @@ def test_a_write_that_joined_a_commit_is_read_back_without_asking_the_database(t
     """A request whose write joined a commit after that commit had asked for the lock (see the
     storage contract) reads what it wrote with no check of its own: until the COMMIT the lock was
     held, so the database held nothing the commit's snapshot did not."""
-    import threading
     import time
 
     from storage.base import reads_since
@@ -435,23 +443,10 @@ def test_a_write_that_joined_a_commit_is_read_back_without_asking_the_database(t
                 seen["read"] = store.snapshot().get("books", book["id"])["title"]
                 seen["checks"] = checks.count(threading.get_ident())
 
-        def until(condition: Callable[[], bool]) -> None:
-            for _ in range(1000):
-                if condition():
-                    return
-                threading.Event().wait(0.01)
-            raise AssertionError("never happened")
-
-        def mutex_taken() -> bool:
-            if store._commit_mutex.acquire(blocking=False):
-                store._commit_mutex.release()
-                return False
-            return True
-
         with other.exclusive():
             first = threading.Thread(target=write, args=("first",))
             first.start()
-            until(lambda: mutex_taken() and store.waiting_writes == 0)  # it waits for the lock
+            until(lambda: waiting_for_a_lock(url) == 1)  # it took its batch and asked for the lock
             late = threading.Thread(target=joined)
             late.start()
             until(lambda: store.waiting_writes == 1)
@@ -465,8 +460,6 @@ def test_a_write_that_joined_a_commit_puts_the_file_its_request_saved_into_the_d
     """An upload is saved into the folder before its write asks for the commit; a write that
     joined a commit after that commit had looked at the folders still commits its file with it,
     so every other server can serve what the record names."""
-    import threading
-
     from storage.postgres import PgStore
 
     url = fresh_database(str(tmp_path))
@@ -476,20 +469,6 @@ def test_a_write_that_joined_a_commit_puts_the_file_its_request_saved_into_the_d
     ):
         (tmp_path / "one" / "uploads").mkdir(parents=True)
 
-        def until(condition: Callable[[], bool]) -> None:
-            for _ in range(1000):
-                if condition():
-                    return
-                threading.Event().wait(0.01)
-            raise AssertionError("never happened")
-
-        def waits_for_the_lock() -> bool:  # so it has looked at the folders
-            query = (
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            )
-            with psycopg.connect(url, autocommit=True) as admin:
-                return admin.execute(query).fetchone()[0] == 1
-
         def upload() -> None:  # as attach_file does: the file first, then the write naming it
             (tmp_path / "one" / "uploads" / "cover.png").write_bytes(PNG)
             store.update(lambda txn: txn.insert("books", {"title": "with a cover", "cover_url": "/uploads/cover.png"}))
@@ -497,7 +476,7 @@ def test_a_write_that_joined_a_commit_puts_the_file_its_request_saved_into_the_d
         with other.exclusive():
             first = threading.Thread(target=lambda: store.update(lambda txn: txn.insert("books", {"title": "first"})))
             first.start()
-            until(waits_for_the_lock)
+            until(lambda: waiting_for_a_lock(url) == 1)  # so it has looked at the folders
             late = threading.Thread(target=upload)
             late.start()
             until(lambda: store.waiting_writes == 1)
